@@ -1,0 +1,26 @@
+/* clickhouse/event_row.h: one row of product_telemetry_events (CONTRACT §3).
+ *
+ * This is the hand-off between tasks/ (which validates events and fills rows)
+ * and clickhouse/ (which encodes rows for the column types the server really
+ * has). Plain data: every string is owned by the row, NUL-terminated, UTF-8. */
+#ifndef PTEL_EVENT_ROW_H
+#define PTEL_EVENT_ROW_H
+
+#include <stdint.h>
+
+typedef struct event_row {
+    char *org_id_hash;        /* '' when neither event nor entry names one */
+    char *event_id;
+    char *name;
+    char *schema_version;
+    char *session_id;
+    char *anonymous_user_id;
+    char *route_pattern;      /* NULL means SQL NULL */
+    char *payload_json;       /* json.dumps(payload, sort_keys=True, separators=(",", ":")) */
+    int64_t occurred_at_us;   /* UTC microseconds; stored with millisecond precision */
+    char *source;             /* entry's source, default "dev-health-web" */
+} event_row;
+
+void event_row_free(event_row *row);   /* frees the strings, not the struct */
+
+#endif

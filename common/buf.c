@@ -1,0 +1,91 @@
+/* common/buf.c: growable byte buffer (see buf.h). Growth doubles, so appends
+ * are amortised O(1); one spare byte is always kept for the terminator. */
+#include "common/buf.h"
+#include "common/mem.h"
+
+#include <stdio.h>
+#include <string.h>
+
+void buf_init(buf *b)
+{
+    b->data = NULL;
+    b->len = 0;
+    b->cap = 0;
+}
+
+void buf_free(buf *b)
+{
+    free(b->data);
+    buf_init(b);
+}
+
+void buf_reset(buf *b)
+{
+    b->len = 0;
+    if (b->data) b->data[0] = '\0';
+}
+
+void buf_reserve(buf *b, size_t extra)
+{
+    size_t need = b->len + extra + 1;
+    if (need <= b->cap) return;
+    size_t cap = b->cap ? b->cap : 64;
+    while (cap < need) cap *= 2;
+    b->data = xrealloc(b->data, cap);
+    b->cap = cap;
+}
+
+void buf_append(buf *b, const void *p, size_t n)
+{
+    buf_reserve(b, n);
+    if (n) memcpy(b->data + b->len, p, n);
+    b->len += n;
+    b->data[b->len] = '\0';
+}
+
+void buf_puts(buf *b, const char *s)
+{
+    buf_append(b, s, strlen(s));
+}
+
+void buf_putc(buf *b, char c)
+{
+    buf_append(b, &c, 1);
+}
+
+void buf_vprintf(buf *b, const char *fmt, va_list ap)
+{
+    va_list copy;
+    va_copy(copy, ap);
+    char small[256];
+    int n = vsnprintf(small, sizeof small, fmt, copy);
+    va_end(copy);
+    if (n < 0) return;
+    if ((size_t)n < sizeof small) {
+        buf_append(b, small, (size_t)n);
+        return;
+    }
+    buf_reserve(b, (size_t)n);
+    vsnprintf(b->data + b->len, (size_t)n + 1, fmt, ap);
+    b->len += (size_t)n;
+}
+
+void buf_printf(buf *b, const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    buf_vprintf(b, fmt, ap);
+    va_end(ap);
+}
+
+const char *buf_cstr(buf *b)
+{
+    return b->data ? b->data : "";
+}
+
+char *buf_detach(buf *b)
+{
+    char *p = b->data ? b->data : xstrdup("");
+    buf_init(b);
+    return p;
+}
