@@ -4,6 +4,7 @@
 #include "common/mem.h"
 
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
 void buf_init(buf *b)

@@ -26,7 +26,8 @@
 
 #include "common/buf.h"
 
-/* Nesting deeper than this is refused with an error, never a crash. */
+/* Nesting deeper than this is refused with an error, never a crash (CPython's
+ * own limit is near 1000 and depends on the caller's stack depth). */
 #define PJ_MAX_DEPTH 900
 
 typedef enum {
@@ -62,14 +63,21 @@ typedef struct pj_error {
     char msg[160];       /* e.g. "Expecting value: line 1 column 5 (char 4)" */
 } pj_error;
 
-/* Parse like json.loads(text). NULL on error with err filled (err may be NULL). */
+/* Parse like json.loads(text). NULL on error with err filled (err may be NULL).
+ * err->msg is CPython's exception text: JSONDecodeError ("Expecting ','
+ * delimiter: line 1 column 5 (char 4)", positions in code points),
+ * RecursionError past PJ_MAX_DEPTH, ValueError for an int of more than 4300
+ * digits, UnicodeDecodeError ("'utf-8' codec can't decode byte 0xff in
+ * position 3: invalid start byte") for bad UTF-8; err->offset is in bytes. */
 pj_value *pj_parse(const char *text, size_t len, pj_error *err);
 void pj_free(pj_value *v);
 pj_value *pj_clone(const pj_value *v);
 int pj_equal(const pj_value *a, const pj_value *b);
 
 /* Serialise like json.dumps(v, ...). Default flags (0) = json.dumps(v):
- * ensure_ascii, separators ", " and ": ", insertion order. */
+ * ensure_ascii, separators ", " and ": ", insertion order. Appends to out.
+ * Invalid UTF-8 in a string built through the constructors is written as
+ * \ufffd (parsed strings are always valid). Linear in the output size. */
 #define PJ_DUMP_COMPACT   1   /* separators=(",", ":") */
 #define PJ_DUMP_SORT_KEYS 2   /* sort_keys=True (by code point, as Python sorts str) */
 void pj_dump(buf *out, const pj_value *v, int flags);
@@ -78,6 +86,8 @@ void pj_dump(buf *out, const pj_value *v, int flags);
  * 'it\'s' / "it's" quoting as Python picks, floats as repr(float). Used for
  * argsrepr/kwargsrepr and the `result` field of task-succeeded events. */
 void pj_repr(buf *out, const pj_value *v);
+/* str.isprintable() is exact: pyjson_unicode.inc is generated from Python
+ * 3.11 (Unicode 14.0.0) by tests/data/pyjson/gen_unicode_table.py. */
 
 /* Python repr(float): shortest round-trip digits, "1.0", "1e+16", "1e-07",
  * "-0.0", "inf", "nan". pj_dump writes Infinity/-Infinity/NaN instead. */

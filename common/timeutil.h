@@ -15,9 +15,10 @@ int64_t time_now_us(void);        /* wall clock, UTC */
 double time_now(void);            /* wall clock as Python's time.time() float */
 double time_monotonic(void);      /* seconds, CLOCK_MONOTONIC (Python's time.monotonic()) */
 
-/* Parse "YYYY-MM-DDTHH:MM:SS[.ffffff][Z|+hh:mm|-hh:mm]" (a space may stand for
+/* Parse "YYYY-MM-DDTHH:MM:SS[.ffffff][Z|+hh:mm|-hh:mm|+hhmm|-hhmm]" (a space may stand for
  * 'T'; 1..9 fraction digits, truncated to microseconds; no offset = UTC, as
- * Celery and the telemetry contract both read naive times). Returns 0 and
+ * Celery and the telemetry contract both read naive times; ":SS" may be
+ * omitted, as datetime.fromisoformat allows). Returns 0 and
  * sets *out_us, or -1 for anything else (including out-of-range fields). */
 int time_parse_iso8601(const char *s, size_t len, int64_t *out_us);
 

@@ -35,6 +35,9 @@ typedef struct task_context {
     const struct ptel_config *config;
     const char *hostname;          /* worker node name, e.g. celery@host */
     int slot;                      /* 0-based pool slot running the task */
+    void **slot_state;             /* per-slot cache owned by tasks/ (e.g. the drain's
+                                      connections), kept across task runs; released
+                                      by task_slot_state_free() when the slot stops */
 } task_context;
 
 typedef enum { TASK_SUCCESS, TASK_FAILURE, TASK_RETRY } task_status;
@@ -67,6 +70,13 @@ void task_fail(task_outcome *out, const char *exc_type, const char *exc_module,
 void task_retry(task_outcome *out, double countdown, const char *exc_type,
                 const char *exc_module, const char *message);
 void task_outcome_free(task_outcome *out);
+
+/* Release what tasks cached in a slot (see task_context.slot_state). */
+void task_slot_state_free(void **slot_state);
+
+/* Argument access in Python's calling convention: positional index first,
+ * then keyword. Borrowed; NULL when absent. */
+const pj_value *task_arg(const task_context *ctx, int index, const char *keyword);
 
 /* Sleep up to `seconds`, waking early on cancellation. Returns the cancel
  * reason (TASK_RUN if the full time elapsed). */
