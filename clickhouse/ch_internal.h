@@ -36,6 +36,10 @@ int ch_classify(int code, long http_status);
 void ch_error_from_response(ch_error *err, long http_status, int header_code,
                             const char *body, size_t len);
 
+/* Replace every occurrence of secret in msg (capacity cap) by "***",
+ * cutting the message where there is no room to widen it. */
+void ch_scrub_secret(char *msg, size_t cap, const char *secret);
+
 /* 1 when s is a safe table identifier: [A-Za-z_][A-Za-z0-9_]*, optionally
  * with one "db." prefix, at most CH_IDENT_MAX bytes. */
 int ch_ident_valid(const char *s);

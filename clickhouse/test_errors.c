@@ -224,6 +224,24 @@ START_TEST(test_error_set_truncates)
 }
 END_TEST
 
+START_TEST(test_scrub_secret_masks_every_occurrence)
+{
+    char msg[64] = "user p4ss said p4ss";
+    ch_scrub_secret(msg, sizeof(msg), "p4ss");
+    ck_assert_str_eq(msg, "user *** said ***");
+    char star[64] = "a*b*";
+    ch_scrub_secret(star, sizeof(star), "*");   /* the mask contains the secret */
+    ck_assert_str_eq(star, "a***b***");
+    char tight[8] = "x:ab:y";
+    ch_scrub_secret(tight, sizeof(tight), "ab");  /* "x:***:y" needs 8 bytes + NUL */
+    ck_assert_str_eq(tight, "x:");
+    char none[16] = "nothing";
+    ch_scrub_secret(none, sizeof(none), "");
+    ch_scrub_secret(none, sizeof(none), NULL);
+    ck_assert_str_eq(none, "nothing");
+}
+END_TEST
+
 /* ---- gzip and identifiers ----------------------------------------------------------- */
 
 START_TEST(test_gzip_round_trips_with_gzip_header)
@@ -321,6 +339,7 @@ static Suite *errors_suite(void)
     tcase_add_test(tc, test_classification_table);
     tcase_add_test(tc, test_blames_rows_only_for_data_errors);
     tcase_add_test(tc, test_error_set_truncates);
+    tcase_add_test(tc, test_scrub_secret_masks_every_occurrence);
     tcase_add_test(tc, test_gzip_round_trips_with_gzip_header);
     tcase_add_test(tc, test_gzip_of_empty_body);
     tcase_add_test(tc, test_identifiers);

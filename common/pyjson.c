@@ -37,7 +37,7 @@
 #include "common/pyjson_unicode.inc"
 
 /* CPython 3.11 refuses to convert an int literal longer than this many digits
- * (sys.get_int_max_str_digits(), PEP 651 / CVE-2020-10735); json.loads then
+ * (sys.get_int_max_str_digits(), CVE-2020-10735); json.loads then
  * raises ValueError. We refuse the same inputs. */
 #define PJ_MAX_INT_DIGITS 4300
 
@@ -854,9 +854,10 @@ pj_value *pj_parse(const char *text, size_t len, pj_error *err)
  * repr(float) is the shortest decimal string that round-trips (David Gay's
  * dtoa mode 0), then formatted by float_repr_style 'short' rules: exponent
  * notation when the decimal point position is < -3 or > 16. We find the
- * shortest digits by trying 1..17 significant digits: the correctly rounded
- * candidate first, then its neighbours one unit away in the last digit (needed
- * where the rounding interval is asymmetric, just above a power of two). */
+ * shortest digits with glibc's correctly rounded snprintf/strtod: for a
+ * digit count, the correctly rounded candidate first, then its neighbours one
+ * unit away in the last digit (needed where the rounding interval is
+ * asymmetric, just above a power of two: 2^-1017 is one). */
 
 /* Parses "d.ddde[+-]x" from %e (or plain integer digits from %.0f) into
  * digits without trailing zeros and the decimal exponent e10 such that

@@ -2,6 +2,12 @@
 #include "worker/commands.h"
 
 #include <stdio.h>
+#include <string.h>
+
+#include "clickhouse/clickhouse.h"
+#include "common/buf.h"
+#include "worker/config.h"
+#include "worker/worker.h"
 
 int drain_command(int argc, char **argv)
 {
@@ -19,10 +25,75 @@ int dlq_command(int argc, char **argv)
     return 2;
 }
 
+/* ---- schema ------------------------------------------------------------------- */
+
+static void schema_usage(FILE *out)
+{
+    fprintf(out,
+"usage: ptel-worker schema apply|show [--config FILE]\n"
+"\n"
+"  apply   create the telemetry table (and its database) if missing: the\n"
+"          production DDL on ClickHouse >= 20.1, the closest legacy variant on\n"
+"          older servers (DateTime, no TTL; the worker then enforces retention)\n"
+"  show    print the DDL this server would get, without changing anything\n"
+"\n"
+"The server is clickhouse_url from the config (or CLICKHOUSE_URL).\n");
+}
+
 int schema_command(int argc, char **argv)
 {
-    (void)argc;
-    (void)argv;
-    fprintf(stderr, "error: schema is not available in this build yet\n");
-    return 2;
+    const char *config = NULL, *action = NULL;
+    for (int i = 1; i < argc; i++) {
+        if (!strcmp(argv[i], "-h") || !strcmp(argv[i], "--help")) {
+            schema_usage(stdout);
+            return 0;
+        } else if (!strcmp(argv[i], "--config") && i + 1 < argc) {
+            config = argv[++i];
+        } else if (!action && (!strcmp(argv[i], "apply") || !strcmp(argv[i], "show"))) {
+            action = argv[i];
+        } else {
+            fprintf(stderr, "error: unexpected argument '%s'\n", argv[i]);
+            schema_usage(stderr);
+            return 2;
+        }
+    }
+    if (!action) {
+        schema_usage(stderr);
+        return 2;
+    }
+    ptel_config cfg;
+    if (worker_load_config(&cfg, config) != 0) {
+        config_free(&cfg);
+        return 1;
+    }
+    int rc = 1;
+    ch_error err;
+    memset(&err, 0, sizeof err);
+    ch_client *ch = ch_client_new(cfg.clickhouse_url, &err);
+    int major = 0, minor = 0;
+    if (!ch || ch_server_version(ch, &major, &minor, &err) != 0) {
+        fprintf(stderr, "error: ClickHouse %s: %s\n", ch ? ch_client_redacted_url(ch) : "", err.msg);
+        goto out;
+    }
+    if (!strcmp(action, "show")) {
+        buf ddl = BUF_INIT;
+        ch_schema_ddl(major, minor, cfg.clickhouse_table, &ddl);
+        printf("-- ClickHouse %d.%d at %s\n%s\n", major, minor, ch_client_redacted_url(ch),
+               buf_cstr(&ddl));
+        buf_free(&ddl);
+        rc = 0;
+    } else if (ch_schema_apply(ch, cfg.clickhouse_table, &err) != 0) {
+        fprintf(stderr, "error: schema apply on %s failed: %s\n", ch_client_redacted_url(ch),
+                err.msg);
+    } else {
+        printf("schema applied: table %s on ClickHouse %d.%d (%s) at %s\n", cfg.clickhouse_table,
+               major, minor, major > 20 || (major == 20 && minor >= 1)
+                   ? "production DDL with TTL" : "legacy DDL; retention enforced by the worker",
+               ch_client_redacted_url(ch));
+        rc = 0;
+    }
+out:
+    ch_client_free(ch);
+    config_free(&cfg);
+    return rc;
 }

@@ -69,8 +69,9 @@ static int load_text(ptel_config *cfg, const char *filename, const char *text, s
 
 static int line_of(const load_ctx *c, const pj_value *v)
 {
-    for (size_t i = 0; i < c->nnotes; i++)
-        if (c->notes[i].v == v) return c->notes[i].line;
+    /* Newest first: a freed dict key's address may be reused by a later value. */
+    for (size_t i = c->nnotes; i > 0; i--)
+        if (c->notes[i - 1].v == v) return c->notes[i - 1].line;
     return c->line;
 }
 
@@ -850,6 +851,9 @@ static const setting settings[] = {
     SECS(telemetry_backoff_max_s, 1),
 };
 #define NSETTINGS (sizeof settings / sizeof settings[0])
+/* Enum fields are read and written through int pointers (parse_enum). */
+_Static_assert(sizeof(config_unknown_task) == sizeof(int) && sizeof(log_format) == sizeof(int) &&
+               sizeof(config_insert_format) == sizeof(int), "enum fields must be int-sized");
 _Static_assert(NSETTINGS <= sizeof(((ptel_config *)0)->explicit_set), "explicit_set too small");
 
 static int setting_index(const char *name)

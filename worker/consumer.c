@@ -23,6 +23,15 @@
 
 /* Shown messages are cut to this many bytes in logs. */
 #define LOG_PAYLOAD_MAX 512
+/* A queue holding unknown tasks and no worker for them would log a line per
+ * hand-back; after the first, say it at most this often, with a count. */
+#define UNKNOWN_LOG_EVERY_US (60 * USEC_PER_SEC)
+
+/* Consumer-thread-only state. */
+typedef struct consumer_state {
+    int64_t unknown_log_next_us;
+    long long unknown_suppressed;
+} consumer_state;
 
 size_t worker_prefetch_limit(const worker *w)
 {
@@ -88,7 +97,7 @@ static void settle_bad_message(worker *w, redisContext *ctx, const fetched_messa
 }
 
 /* Returns 1 when the message was an unknown task handed back to the queue. */
-static int dispatch(worker *w, redisContext *ctx, fetched_message *m)
+static int dispatch(worker *w, consumer_state *cs, redisContext *ctx, fetched_message *m)
 {
     if (!m->tag) {
         int n = m->payload_len < LOG_PAYLOAD_MAX ? (int)m->payload_len : LOG_PAYLOAD_MAX;
@@ -119,9 +128,17 @@ static int dispatch(worker *w, redisContext *ctx, fetched_message *m)
     if (!j->def) {
         if (w->cfg->worker_unknown_task == UNKNOWN_TASK_REQUEUE) {
             char rerr[256];
-            log_warning("Received task of unregistered type '%s' [%s]: handed back to queue "
-                        "'%s' for a worker that knows it (worker_unknown_task='requeue')",
-                        j->msg.task, j->msg.id, m->queue);
+            int64_t now = time_now_us();
+            if (now >= cs->unknown_log_next_us) {
+                log_warning("Received task of unregistered type '%s' [%s]: handed back to queue "
+                            "'%s' for a worker that knows it (worker_unknown_task='requeue'; "
+                            "%lld more hand-backs since the last such line)", j->msg.task,
+                            j->msg.id, m->queue, cs->unknown_suppressed);
+                cs->unknown_log_next_us = now + UNKNOWN_LOG_EVERY_US;
+                cs->unknown_suppressed = 0;
+            } else {
+                cs->unknown_suppressed++;
+            }
             if (transport_requeue(ctx, &w->topts, m->tag, rerr, sizeof rerr) != 0)
                 log_error("Could not hand back %s[%s]: %s; it stays in unacked and will be "
                           "restored after the visibility timeout", j->msg.task, j->msg.id, rerr);
@@ -201,6 +218,7 @@ void *consumer_main(void *arg)
     int outage_logged = 0;
     int64_t unknown_wait = 0;
     const char *crash_hook = getenv("PTEL_TEST_CRASH_AFTER_POP");
+    consumer_state cs = {0, 0};
 
     while (!atomic_load(&w->stopping)) {
         if (!ctx) {
@@ -253,7 +271,7 @@ void *consumer_main(void *arg)
             _exit(137);
         }
         int unknown = 0;
-        for (size_t i = 0; i < n; i++) unknown += dispatch(w, ctx, &msgs[i]);
+        for (size_t i = 0; i < n; i++) unknown += dispatch(w, &cs, ctx, &msgs[i]);
         transport_messages_free(msgs, n);
 
         if (n == 0) {
