@@ -195,9 +195,9 @@ static void append_write(redisContext *ctx, const char *key, const buf *value, i
         size_t lens[] = {3, strlen(key), value->len};
         redisAppendCommandArgv(ctx, 3, argv, lens);
     }
-    const char *argv[] = {"ECHO", key, value->data};
-    size_t lens[] = {4, strlen(key), value->len};
-    redisAppendCommandArgv(ctx, 2, argv, lens);
+    const char *argv[] = {"PUBLISH", key, value->data};
+    size_t lens[] = {7, strlen(key), value->len};
+    redisAppendCommandArgv(ctx, 3, argv, lens);
     redisAppendCommand(ctx, "EXEC");
 }
 

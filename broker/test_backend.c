@@ -137,6 +137,8 @@ START_TEST(test_store_setex_and_publish_same_bytes)
 {
     redisContext *c = ts_fresh();
     redisContext *sub = ts_connect();
+    struct timeval tv = {5, 0};   /* a missing PUBLISH fails here, not at the test timeout */
+    redisSetTimeout(sub, tv);
     freeReplyObject(ts_cmd(sub, "SUBSCRIBE celery-task-meta-abc"));
     pj_value *res = parse("{\"processed\": 3}");
     backend_result r = {.task_id = "abc", .status = BACKEND_SUCCESS, .result = res,
@@ -149,7 +151,7 @@ START_TEST(test_store_setex_and_publish_same_bytes)
     long long ttl = ts_int(c, "TTL celery-task-meta-abc");
     ck_assert(ttl > 86000 && ttl <= 86400);
     redisReply *msg;
-    ck_assert_int_eq(redisGetReply(sub, (void **)&msg), REDIS_OK);
+    ck_assert_msg(redisGetReply(sub, (void **)&msg) == REDIS_OK, "no PUBLISH: %s", sub->errstr);
     ck_assert_int_eq(msg->type, REDIS_REPLY_ARRAY);
     ck_assert_str_eq(msg->element[0]->str, "message");
     ck_assert_str_eq(msg->element[1]->str, "celery-task-meta-abc");   /* no /{db}. prefix */

@@ -1,0 +1,2 @@
+/* dlq/test_dlq.c: being written */
+int main(void) { return 77; }
