@@ -31,6 +31,7 @@ const char *dlq_pattern(const dlq_options *o)
 /* ---- Writing a record ------------------------------------------------------------ */
 
 #define DLQ_ARGC 30
+#define DLQ_EVENTS_ARG 21   /* argv index of the events value */
 
 static const char *or_empty(const char *s) { return s ? s : ""; }
 
@@ -64,7 +65,7 @@ int dlq_write(redisContext *c, const dlq_options *o, const dlq_record *r, char *
     };
     size_t lens[DLQ_ARGC];
     for (int i = 0; i < DLQ_ARGC; i++) lens[i] = strlen(argv[i]);
-    lens[23] = events_len;   /* the events value may be longer than its C string view */
+    lens[DLQ_EVENTS_ARG] = events_len;   /* may hold more than its C string view */
 
     redisReply *reply = redisCommandArgv(c, DLQ_ARGC, argv, lens);
     buf_free(&moved);

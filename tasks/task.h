@@ -13,6 +13,7 @@
 #include "common/pyjson.h"
 
 struct ptel_config;
+struct drain_options;
 
 /* Why a running task is asked to stop (values of task_context.cancel). */
 typedef enum {
@@ -35,6 +36,8 @@ typedef struct task_context {
     const struct ptel_config *config;
     const char *hostname;          /* worker node name, e.g. celery@host */
     int slot;                      /* 0-based pool slot running the task */
+    const struct drain_options *drain; /* the drain's settings, built by the worker
+                                      from its configuration (consumer name unset) */
     void **slot_state;             /* per-slot cache owned by tasks/ (e.g. the drain's
                                       connections), kept across task runs; released
                                       by task_slot_state_free() when the slot stops */

@@ -2,27 +2,72 @@
 #include "worker/commands.h"
 
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include "clickhouse/clickhouse.h"
 #include "common/buf.h"
+#include "common/log.h"
 #include "worker/config.h"
+#include "worker/drain_options.h"
 #include "worker/worker.h"
+
+/* Take "--config FILE" (or --config=FILE) out of argv, so the module's own
+ * parser sees only its flags. Returns the new argc. */
+static int take_config_flag(int argc, char **argv, const char **path)
+{
+    int out = 0;
+    *path = NULL;
+    for (int i = 0; i < argc; i++) {
+        if (!strcmp(argv[i], "--config") && i + 1 < argc) {
+            *path = argv[++i];
+        } else if (!strncmp(argv[i], "--config=", 9)) {
+            *path = argv[i] + 9;
+        } else {
+            argv[out++] = argv[i];
+        }
+    }
+    argv[out] = NULL;
+    return out;
+}
 
 int drain_command(int argc, char **argv)
 {
-    (void)argc;
-    (void)argv;
-    fprintf(stderr, "error: drain is not available in this build yet\n");
-    return 2;
+    const char *path;
+    argc = take_config_flag(argc, argv, &path);
+    ptel_config cfg;
+    if (worker_load_config(&cfg, path) != 0) {
+        config_free(&cfg);
+        return 1;
+    }
+    log_setup(LOG_INFO, cfg.worker_log_format, NULL);
+    char *hostname = worker_expand_hostname("ptel-drain@%h");
+    drain_options opts;
+    worker_drain_options(&cfg, hostname, &opts);
+    /* One stable consumer name per box, so a drain that was interrupted
+     * finds its own pending entries on the next run. */
+    opts.consumer = hostname;
+    int rc = drain_cli_main(argc, argv, &opts);
+    free(hostname);
+    config_free(&cfg);
+    return rc;
 }
 
 int dlq_command(int argc, char **argv)
 {
-    (void)argc;
-    (void)argv;
-    fprintf(stderr, "error: dlq is not available in this build yet\n");
-    return 2;
+    const char *path;
+    argc = take_config_flag(argc, argv, &path);
+    ptel_config cfg;
+    if (worker_load_config(&cfg, path) != 0) {
+        config_free(&cfg);
+        return 1;
+    }
+    log_setup(LOG_INFO, cfg.worker_log_format, NULL);
+    dlq_options opts;
+    worker_dlq_options(&cfg, &opts);
+    int rc = dlq_cli_main(argc, argv, &opts);
+    config_free(&cfg);
+    return rc;
 }
 
 /* ---- schema ------------------------------------------------------------------- */

@@ -198,6 +198,7 @@ static void run_job(slot *s, job *j)
         .id = j->msg.id, .name = j->msg.task, .args = j->msg.args, .kwargs = j->msg.kwargs,
         .retries = j->msg.retries, .cancel = &s->cancel, .config = (const struct ptel_config *)w->cfg,
         .hostname = w->hostname, .slot = s->index, .slot_state = &s->task_state,
+        .drain = &w->drain_opts,
     };
     pthread_mutex_lock(&w->lock);
     ctx.soft_deadline_us = s->soft_deadline_us;

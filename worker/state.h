@@ -21,6 +21,7 @@
 #include "broker/message.h"
 #include "broker/transport.h"
 #include "broker/url.h"
+#include "tasks/drain.h"
 #include "tasks/task.h"
 #include "worker/config.h"
 
@@ -79,6 +80,7 @@ typedef struct worker {
     char *hostname;               /* node name, e.g. celery@host */
     int send_events_flag;         /* -E given */
     transport_options topts;
+    drain_options drain_opts;     /* for run_product_telemetry_consumer; borrows cfg */
     redis_url broker_url, backend_url;
     int backend_same_as_broker;
 

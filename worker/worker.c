@@ -24,6 +24,7 @@
 #include "common/log.h"
 #include "common/mem.h"
 #include "common/timeutil.h"
+#include "worker/drain_options.h"
 #include "worker/state.h"
 
 /* ---- Flags ------------------------------------------------------------------ */
@@ -361,6 +362,7 @@ static int start(worker *w, const worker_flags *f)
     }
     w->backend_same_as_broker = strcmp(cfg->broker_url, cfg->result_backend) == 0;
     set_transport_options(w);
+    worker_drain_options(cfg, w->hostname, &w->drain_opts);
     transport_queues_init(&w->queues);
     for (size_t i = 0; i < cfg->task_queues.count; i++)
         transport_queues_add(&w->queues, cfg->task_queues.items[i]);
