@@ -192,18 +192,18 @@ class RssSampler(threading.Thread):
         self.pid, self.period = pid, period
         self.peak_kb = 0
         self.samples = []
-        self._stop = threading.Event()
+        self._halt = threading.Event()
 
     def run(self):
-        while not self._stop.is_set():
+        while not self._halt.is_set():
             r = rss_kb(self.pid)
             if r:
                 self.samples.append(r)
                 self.peak_kb = max(self.peak_kb, r)
-            self._stop.wait(self.period)
+            self._halt.wait(self.period)
 
     def stop(self):
-        self._stop.set()
+        self._halt.set()
         self.join()
 
 

@@ -50,6 +50,7 @@
 
 #include "common/buf.h"
 #include "common/log.h"
+#include "common/metrics.h"
 #include "common/mem.h"
 #include "common/timeutil.h"
 #include "tasks/drain_internal.h"
@@ -454,10 +455,16 @@ static int insert_split(drain_session *s, size_t first, size_t count, ch_error *
 {
     char token[64];
     dedup_token(s, first, count, token, sizeof token);
-    if (ch_insert_range(s->ch, s->o.clickhouse_table, s->chb, first, count, token, e) == 0) {
+    double t0 = time_monotonic();
+    int rc = ch_insert_range(s->ch, s->o.clickhouse_table, s->chb, first, count, token, e);
+    if (rc == 0) {
+        metrics_observe("ptel_clickhouse_insert_seconds", "", time_monotonic() - t0);
+        metrics_add("ptel_clickhouse_insert_rows_total", "", (double)count);
         mark_range(s, first, count, ROW_STORED, NULL);
         return 0;
     }
+    metrics_add("ptel_clickhouse_errors_total",
+                e->transient ? "class=\"transient\"" : "class=\"permanent\"", 1);
     if (!ch_error_blames_rows(e)) return -1;
     if (count == 1) {
         batch_entry *be = &s->batch->e[s->batch->ref_entry[first]];

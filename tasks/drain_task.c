@@ -13,6 +13,7 @@
 #include "common/buf.h"
 #include "common/log.h"
 #include "common/mem.h"
+#include "common/metrics.h"
 #include "tasks/drain.h"
 
 typedef struct drain_slot {
@@ -44,6 +45,19 @@ static drain_slot *slot_session(task_context *ctx, char *err, size_t errlen)
     return ds;
 }
 
+/* Count what each flushed batch added, so /metrics moves during a long
+ * drain and not only when the task ends. */
+static void count_progress(const drain_result *so_far, void *arg)
+{
+    drain_result *seen = arg;
+    metrics_add("ptel_events_stored_total", "", (double)(so_far->processed - seen->processed));
+    metrics_add("ptel_events_rejected_total", "", (double)(so_far->rejected - seen->rejected));
+    metrics_add("ptel_events_dead_lettered_total", "",
+                (double)(so_far->dead_lettered - seen->dead_lettered));
+    metrics_add("ptel_entries_reclaimed_total", "", (double)(so_far->reclaimed - seen->reclaimed));
+    *seen = *so_far;
+}
+
 void drain_task_run(task_context *ctx, int max_iterations, task_outcome *out)
 {
     char err[512] = "";
@@ -56,9 +70,13 @@ void drain_task_run(task_context *ctx, int max_iterations, task_outcome *out)
         .max_iterations = max_iterations,
         .cancel = ctx->cancel,
         .soft_deadline_us = ctx->soft_deadline_us,
+        .progress = count_progress,
     };
+    drain_result seen = {0};
+    req.progress_arg = &seen;
     drain_result result;
     int rc = drain_run(ds->session, &req, &result, err, sizeof err);
+    count_progress(&result, &seen);
     if (rc != 0) {
         /* Nothing unstored was acked: the entries stay pending for the next
          * run. Failing the task makes the outage visible in Flower. */

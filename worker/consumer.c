@@ -18,6 +18,7 @@
 
 #include "broker/backend.h"
 #include "common/log.h"
+#include "common/metrics.h"
 #include "common/mem.h"
 #include "common/timeutil.h"
 
@@ -51,6 +52,21 @@ static void sleep_us(int64_t us)
 {
     struct timespec ts = {(time_t)(us / USEC_PER_SEC), (long)(us % USEC_PER_SEC) * 1000};
     nanosleep(&ts, NULL);
+}
+
+/* Count under the task's name, escaped: names come from the wire. */
+void task_metric(const char *task, const char *metric, const char *state, double v)
+{
+    buf labels = BUF_INIT;
+    buf_puts(&labels, "task=\"");
+    metrics_label_escape(&labels, task ? task : "");
+    buf_putc(&labels, '"');
+    if (state) buf_printf(&labels, ",state=\"%s\"", state);
+    if (strcmp(metric, "ptel_task_runtime_seconds") == 0)
+        metrics_observe(metric, buf_cstr(&labels), v);
+    else
+        metrics_add(metric, buf_cstr(&labels), v);
+    buf_free(&labels);
 }
 
 /* ---- Dispatch -------------------------------------------------------------- */
@@ -167,6 +183,7 @@ static int dispatch(worker *w, consumer_state *cs, redisContext *ctx, fetched_me
     }
 
     log_info("Task %s[%s] received", j->msg.task, j->msg.id);
+    task_metric(j->msg.task, "ptel_tasks_received_total", NULL, 1);
     pthread_mutex_lock(&w->lock);
     w->stats.received++;
     if (j->msg.eta_us > now) {
@@ -224,6 +241,7 @@ void *consumer_main(void *arg)
         if (!ctx) {
             ctx = redis_url_connect(&w->broker_url, 10.0, (char[256]){0}, 256);
             if (!ctx) {
+                atomic_store(&w->broker_ok, 0);
                 if (!outage_logged) {
                     char *shown = redis_url_redacted(&w->broker_url);
                     log_error("Broker %s unreachable; retrying with backoff (up to 5 s)", shown);
@@ -234,7 +252,11 @@ void *consumer_main(void *arg)
                 if (reconnect_wait < 5 * USEC_PER_SEC) reconnect_wait *= 2;
                 continue;
             }
-            if (outage_logged) log_info("Broker connection restored; consuming again");
+            if (outage_logged) {
+                log_info("Broker connection restored; consuming again");
+                metrics_add("ptel_redis_reconnects_total", "role=\"broker\"", 1);
+            }
+            atomic_store(&w->broker_ok, 1);
             outage_logged = 0;
             reconnect_wait = 100 * 1000;
         }
@@ -260,6 +282,8 @@ void *consumer_main(void *arg)
         int rc = transport_fetch(ctx, &w->topts, &w->queues, room, &msgs, &n, err, sizeof err);
         pthread_mutex_unlock(&w->queues_lock);
         if (rc != 0) {
+            atomic_store(&w->broker_ok, 0);
+            metrics_add("ptel_redis_errors_total", "role=\"broker\"", 1);
             log_error("Fetching from the broker failed: %s; reconnecting", err);
             redisFree(ctx);
             ctx = NULL;

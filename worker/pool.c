@@ -157,6 +157,8 @@ static void store_outcome(slot *s, job *j, task_outcome *out, double runtime)
         r.exc_args = out->exc_args;
         r.traceback = traceback;
     }
+    task_metric(j->msg.task, "ptel_tasks_total", backend_status_name(r.status), 1);
+    task_metric(j->msg.task, "ptel_task_runtime_seconds", NULL, runtime);
     if (!j->settings.ignore_result &&
         backend_store(s->backend, &r, w->cfg->result_expires, err, sizeof err) < 0)
         log_error("Could not store %s for %s[%s]: %s", backend_status_name(r.status),
@@ -327,6 +329,7 @@ static void settle_hard_limit_locked(worker *w, slot *s, int64_t now_us)
     s->abandoned_us = now_us;
     double limit = j->settings.time_limit;
     log_error("Hard time limit (%gs) exceeded for %s[%s]", limit, j->msg.task, j->msg.id);
+    task_metric(j->msg.task, "ptel_tasks_total", "FAILURE", 1);
     if (!j->settings.ignore_result && j->msg.id) {
         pj_value *args = pj_new_array();
         if (limit == (double)(long long)limit) pj_array_append(args, pj_new_int((long long)limit));

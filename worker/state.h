@@ -101,6 +101,8 @@ typedef struct worker {
     worker_stats stats;
 
     atomic_int stopping;          /* 0 running, 1 warm shutdown, 2 cold shutdown */
+    atomic_int broker_ok;         /* the consumer's last broker call worked (/healthz) */
+    struct metrics_server *metrics; /* NULL unless --metrics-port (metrics_http.c) */
     atomic_int consumer_done;
     pthread_t consumer_thread;
     redisContext *main_broker;    /* main thread's connection (timers, shutdown) */
@@ -111,6 +113,9 @@ typedef struct worker {
 /* consumer.c */
 void *consumer_main(void *arg);
 void consumer_release_due(worker *w, int64_t now_us);
+/* metrics: metric += v (or observe, for the runtime histogram) labelled
+ * task="<task>"[,state="<state>"]. */
+void task_metric(const char *task, const char *metric, const char *state, double v);
 size_t worker_prefetch_limit(const worker *w);
 
 /* pool.c */

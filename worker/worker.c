@@ -25,6 +25,7 @@
 #include "common/mem.h"
 #include "common/timeutil.h"
 #include "worker/drain_options.h"
+#include "worker/metrics_http.h"
 #include "worker/state.h"
 
 /* ---- Flags ------------------------------------------------------------------ */
@@ -46,6 +47,7 @@ static void usage(FILE *out)
 "  -E, --task-events           send task events (Flower, celery events)\n"
 "      --prefetch-multiplier N messages reserved per slot (default 4; 0 = unlimited)\n"
 "      --log-format text|json  log line format (default text, Celery's)\n"
+"      --metrics-port N        serve Prometheus /metrics and /healthz on port N\n"
 "  -h, --help                  this help\n"
 "\n"
 "environment: CELERY_BROKER_URL, CELERY_RESULT_BACKEND, REDIS_URL, CLICKHOUSE_URL\n"
@@ -93,12 +95,13 @@ int worker_load_config(ptel_config *cfg, const char *path)
 
 typedef struct worker_flags {
     const char *config, *queues, *concurrency, *hostname, *loglevel, *prefetch, *log_format;
+    const char *metrics_port;
     int events;
 } worker_flags;
 
 static int parse_flags(int argc, char **argv, worker_flags *f)
 {
-    enum { OPT_CONFIG = 256, OPT_PREFETCH, OPT_LOG_FORMAT };
+    enum { OPT_CONFIG = 256, OPT_PREFETCH, OPT_LOG_FORMAT, OPT_METRICS_PORT };
     static const struct option longopts[] = {
         {"config", required_argument, NULL, OPT_CONFIG},
         {"queues", required_argument, NULL, 'Q'},
@@ -109,6 +112,7 @@ static int parse_flags(int argc, char **argv, worker_flags *f)
         {"events", no_argument, NULL, 'E'},
         {"prefetch-multiplier", required_argument, NULL, OPT_PREFETCH},
         {"log-format", required_argument, NULL, OPT_LOG_FORMAT},
+        {"metrics-port", required_argument, NULL, OPT_METRICS_PORT},
         {"help", no_argument, NULL, 'h'},
         {NULL, 0, NULL, 0},
     };
@@ -125,6 +129,7 @@ static int parse_flags(int argc, char **argv, worker_flags *f)
         case 'E': f->events = 1; break;
         case OPT_PREFETCH: f->prefetch = optarg; break;
         case OPT_LOG_FORMAT: f->log_format = optarg; break;
+        case OPT_METRICS_PORT: f->metrics_port = optarg; break;
         case 'h': usage(stdout); exit(0);
         default: usage(stderr); return -1;
         }
@@ -379,7 +384,8 @@ int worker_main(int argc, char **argv)
     if (apply_flag(&cfg, "--queues", "task_queues", f.queues) ||
         apply_flag(&cfg, "--concurrency", "worker_concurrency", f.concurrency) ||
         apply_flag(&cfg, "--prefetch-multiplier", "worker_prefetch_multiplier", f.prefetch) ||
-        apply_flag(&cfg, "--log-format", "worker_log_format", f.log_format)) {
+        apply_flag(&cfg, "--log-format", "worker_log_format", f.log_format) ||
+        apply_flag(&cfg, "--metrics-port", "worker_metrics_port", f.metrics_port)) {
         config_free(&cfg);
         return 2;
     }
@@ -407,6 +413,8 @@ int worker_main(int argc, char **argv)
     memset(&w, 0, sizeof w);
     w.cfg = &cfg;
     w.started_us = time_now_us();
+    atomic_init(&w.broker_ok, 0);
+    worker_metrics_register();
     pthread_mutex_init(&w.lock, NULL);
     pthread_mutex_init(&w.queues_lock, NULL);
     pthread_cond_init(&w.work_ready, NULL);
@@ -422,6 +430,11 @@ int worker_main(int argc, char **argv)
     restore_visible(&w);
     declare_queues(&w);
     char err[256];
+    if (cfg.worker_metrics_port > 0 &&
+        metrics_http_start(&w, cfg.worker_metrics_port, err, sizeof err) != 0) {
+        log_critical("metrics endpoint: %s", err);
+        goto out;
+    }
     if (pool_start(&w, err, sizeof err) != 0) {
         log_critical("%s", err);
         goto out;
@@ -442,6 +455,7 @@ int worker_main(int argc, char **argv)
     rc = 0;
 
 out:
+    metrics_http_stop(&w);
     free_held(&w);
     pool_free(&w);
     transport_queues_deinit(&w.queues);
