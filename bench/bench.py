@@ -58,6 +58,10 @@ class Bench:
             self.m["runs"] = a.runs
         if a.events:
             self.m["events"] = a.events
+        if a.beat_s:
+            self.m["beat_s"] = a.beat_s
+        if a.cont_s:
+            self.m["cont_s"] = a.cont_s
         self.out = a.out
         os.makedirs(self.out, exist_ok=True)
         self.bin = a.bin
@@ -190,7 +194,7 @@ class Bench:
         self.ch.query("TRUNCATE TABLE %s" % TABLE)
         m = B.run_measured([B.PY, os.path.join(HERE, "baselines", "ch_ingest.py"),
                             "--clickhouse", self.svc.ch_url, "--rows", man["rows_prefix"],
-                            "--format", fmt, "--batch", "100000", "--parallel", "2"])
+                            "--format", fmt, "--batch", "50000", "--parallel", "2"])
         j = B.last_json_line(m["out"])
         if not j or "rows_per_s" not in j:
             B.log("ClickHouse raw ingest %s failed: %s" % (fmt, m["out"][-600:]))
@@ -353,8 +357,15 @@ class Bench:
         out = {}
         if perf_ok:
             data = os.path.join(self.svc.tmp, "perf.data")
-            r = self.run_c_drain(man, perf=["perf", "record", "-F", "1999", "-g", "-o", data])
+            r = self.run_c_drain(man, perf=["perf", "record", "-F", "1999", "--call-graph",
+                                            "dwarf,16384", "-o", data])
             if r:
+                callers = subprocess.run(["perf", "report", "-i", data, "--no-children", "--stdio",
+                                          "--sort", "symbol", "--percent-limit", "2",
+                                          "-g", "caller,0.5,callee,function,percent",
+                                          "--max-stack", "12"],
+                                         capture_output=True, text=True).stdout
+                open(os.path.join(self.out, "profile-perf-callers.txt"), "w").write(callers)
                 rep = subprocess.run(["perf", "report", "-i", data, "--no-children", "--stdio",
                                       "--sort", "dso,symbol", "--percent-limit", "0.7", "-g", "none"],
                                      capture_output=True, text=True).stdout
@@ -698,7 +709,7 @@ def render(res, a):
                  % (B.fmt_summary(ct), fmt_ratio(per_run(runs, "c_task", "py", ev("events_per_s"), ev("events_per_s")), 40)))
         rb = s("ch_rb", lambda r: r["rows_per_s"])
         js = s("ch_json", lambda r: r["rows_per_s"])
-        L.append("| ClickHouse raw ingest RowBinary (2 inserters, 100k rows/batch), rows/s | %s | limit | |" % B.fmt_summary(rb))
+        L.append("| ClickHouse raw ingest RowBinary (2 inserters, 50k rows/batch), rows/s | %s | limit | |" % B.fmt_summary(rb))
         L.append("| ClickHouse raw ingest JSONEachRow (same), rows/s | %s | limit | |" % B.fmt_summary(js))
         best = {k: [max(x["rows_per_s"], y["rows_per_s"]) if x and y else None
                     for x, y in zip(runs["ch_rb"], runs["ch_json"])] for k in ["best"]}
@@ -798,6 +809,8 @@ def main():
     ap.add_argument("--mode", choices=list(MODES), default="quick")
     ap.add_argument("--runs", type=int, default=0)
     ap.add_argument("--events", type=int, default=0)
+    ap.add_argument("--beat-s", type=int, default=0)
+    ap.add_argument("--cont-s", type=int, default=0)
     ap.add_argument("--sections", default="drain,profile,celery,footprint,scaling,latency")
     ap.add_argument("--out", default=os.path.join(HERE, "results"))
     ap.add_argument("--bin", required=True)

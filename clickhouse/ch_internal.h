@@ -36,6 +36,11 @@ int ch_classify(int code, long http_status);
 void ch_error_from_response(ch_error *err, long http_status, int header_code,
                             const char *body, size_t len);
 
+/* The same for an exception text that came without HTTP (the chdb://
+ * backend): the code is parsed from "Code: N", an unknown code is permanent,
+ * and msg starts with origin ("chDB"). */
+void ch_error_from_exception(ch_error *err, const char *origin, const char *text, size_t len);
+
 /* Replace every occurrence of secret in msg (capacity cap) by "***",
  * cutting the message where there is no room to widen it. */
 void ch_scrub_secret(char *msg, size_t cap, const char *secret);

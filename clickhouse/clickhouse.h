@@ -78,7 +78,11 @@ typedef struct ch_client ch_client;
 
 /* url: http[s]://[user[:password]@]host[:port][/database][?setting=value&...]
  * user/password may be percent-encoded; settings are passed on every request
- * as URL parameters. No I/O happens here. NULL + err on a malformed URL. */
+ * as URL parameters. No I/O happens here. NULL + err on a malformed URL.
+ * Or chdb://PATH[?database=NAME]: ClickHouse in-process (chDB, chdb.c),
+ * libchdb.so loaded from $PTEL_CHDB_LIB or ./var/chdb (tests/chdb/fetch.sh)
+ * and a session opened on the data directory PATH here, so this form does
+ * I/O and fails when the library is missing. Timeouts and gzip do not apply. */
 ch_client *ch_client_new(const char *url, ch_error *err);
 void ch_client_free(ch_client *c);
 
@@ -113,7 +117,9 @@ int ch_server_version(ch_client *c, int *major, int *minor, ch_error *err);
 
 /* The CREATE TABLE IF NOT EXISTS statement for `table` on a server of this
  * version, appended to out. >= 20.1: CONTRACT §4 exactly (DateTime64(3,'UTC'),
- * LowCardinality, TTL 180 days). Older: DateTime('UTC') columns, no TTL (the
+ * LowCardinality, TTL 180 days); >= 22.2 adds SETTINGS
+ * non_replicated_deduplication_window, without which a MergeTree ignores
+ * insert_deduplication_token. Older: DateTime('UTC') columns, no TTL (the
  * worker enforces retention with ch_retention_enforce), and LowCardinality,
  * which those servers accept only with allow_experimental_low_cardinality_type=1
  * (ch_schema_apply sends that setting). */

@@ -21,6 +21,7 @@
 #include <zlib.h>
 
 #include "common/mem.h"
+#include "clickhouse/ch_chdb.h"
 #include "clickhouse/ch_internal.h"
 
 /* zlib level for request bodies: level 1 shrinks bench_insert's rows 7.5x
@@ -29,6 +30,7 @@
 #define CH_GZIP_LEVEL 1
 
 struct ch_client {
+    ch_chdb *chdb;                    /* chdb:// URL: every request goes there (chdb.c) */
     CURL *curl;
     struct curl_slist *headers;       /* auth + "Expect:" */
     struct curl_slist *headers_gzip;  /* the same + Content-Encoding: gzip */
@@ -165,6 +167,17 @@ void ch_error_from_response(ch_error *err, long http_status, int header_code,
     ch_error_set(err, code, http_status, transient,
                  "ClickHouse %s error (HTTP %ld, code %d): %s",
                  transient ? "transient" : "permanent", http_status, code, text);
+}
+
+void ch_error_from_exception(ch_error *err, const char *origin, const char *text, size_t len)
+{
+    if (err == NULL) return;
+    int code = parse_code(text, len);
+    char msg[400];
+    exception_text(text, len, msg, sizeof(msg));
+    int transient = ch_classify(code, 0);
+    ch_error_set(err, code, 0, transient, "%s %s error (code %d): %s", origin,
+                 transient ? "transient" : "permanent", code, msg[0] ? msg : "(no message)");
 }
 
 /* Replace every occurrence of the password in msg by "***". Credentials are
@@ -484,8 +497,22 @@ static char *redact(const parsed_url *p)
     return buf_detach(&r);
 }
 
+/* chdb://PATH: no curl, no URL settings; the session lives in chdb.c. */
+static ch_client *chdb_client_new(const char *url, ch_error *err)
+{
+    ch_chdb *db = ch_chdb_open(url, err);
+    if (db == NULL) return NULL;
+    ch_client *c = xcalloc(1, sizeof(*c));
+    c->chdb = db;
+    c->redacted = xstrdup(url);   /* a path, no credentials */
+    c->database = ch_chdb_database(db) ? xstrdup(ch_chdb_database(db)) : NULL;
+    c->version_major = c->version_minor = -1;
+    return c;
+}
+
 ch_client *ch_client_new(const char *url, ch_error *err)
 {
+    if (url != NULL && strncasecmp(url, "chdb://", 7) == 0) return chdb_client_new(url, err);
     parsed_url p;
     if (parse_url(url, &p, err) != 0) {
         parsed_url_free(&p);
@@ -531,6 +558,7 @@ ch_client *ch_client_new(const char *url, ch_error *err)
 void ch_client_free(ch_client *c)
 {
     if (c == NULL) return;
+    ch_chdb_close(c->chdb);
     curl_easy_cleanup(c->curl);
     curl_slist_free_all(c->headers);
     curl_slist_free_all(c->headers_gzip);
@@ -636,6 +664,14 @@ static int curl_transient(CURLcode rc)
 int ch_request(ch_client *c, int flags, const char *query, const char *params,
                const char *body, size_t body_len, buf *out, ch_error *err)
 {
+    if (c->chdb != NULL) {
+        c->stats.requests++;
+        c->stats.body_bytes += body_len;
+        c->stats.wire_bytes += body_len;
+        int rc = ch_chdb_request(c->chdb, flags, query, params, body, body_len, out, err);
+        c->stats.failures += rc != 0;
+        return rc;
+    }
     build_url(c, flags, query, params);
     int gzip = c->gzip_threshold > 0 && body_len >= c->gzip_threshold;
     const char *send = body ? body : "";

@@ -23,6 +23,11 @@
 
 /* Raw events are kept this long (CONTRACT §4). */
 #define CH_RETENTION_DAYS_CONTRACT 180
+/* Inserted blocks whose hash (or insert_deduplication_token) a non-replicated
+ * MergeTree remembers. Its default is 0, which makes the drain's dedup token
+ * a no-op (checked on 26.5 by test_chdb); 10000 matches the default of
+ * replicated_deduplication_window on current servers. */
+#define CH_DEDUP_WINDOW_BLOCKS 10000
 
 static const char *const column_names[CH_COL_COUNT] = {
     "org_id_hash", "event_id", "name", "schema_version", "session_id",
@@ -43,6 +48,14 @@ static int server_has_datetime64(int major, int minor)
     return major >= 20;   /* 20.1 */
 }
 
+/* insert_deduplication_token arrived in 22.2 (encode.c sends it from there
+ * on); non_replicated_deduplication_window exists since 20.x, so the table
+ * setting is safe wherever the token is used. */
+static int server_has_dedup_token(int major, int minor)
+{
+    return major > 22 || (major == 22 && minor >= 2);
+}
+
 void ch_schema_ddl(int major, int minor, const char *table, buf *out)
 {
     int modern = server_has_datetime64(major, minor);
@@ -61,6 +74,9 @@ void ch_schema_ddl(int major, int minor, const char *table, buf *out)
     if (modern)
         buf_printf(out, "\nTTL toDateTime(occurred_at) + INTERVAL %d DAY DELETE",
                    CH_RETENTION_DAYS_CONTRACT);
+    if (server_has_dedup_token(major, minor))
+        buf_printf(out, "\nSETTINGS non_replicated_deduplication_window = %d",
+                   CH_DEDUP_WINDOW_BLOCKS);
 }
 
 static int check_table_name(const char *table, const char *what, ch_error *err)
@@ -181,7 +197,9 @@ static int describe_line(const char *line, size_t n, ch_table *out, unsigned *se
     char name[128], type[64], dkind[32] = "";
     const char *tab1 = memchr(line, '\t', n);
     if (tab1 == NULL) {
-        ch_error_set(err, 0, 200, 0, "DESCRIBE TABLE: unreadable line '%.60s'", line);
+        /* The line is not NUL-terminated (tsv, len): bound by n, not by %.60s. */
+        ch_error_set(err, 0, 200, 0, "DESCRIBE TABLE: unreadable line '%.*s'",
+                     (int)(n < 60 ? n : 60), line);
         return -1;
     }
     const char *rest = tab1 + 1, *end = line + n;

@@ -9,6 +9,7 @@
 #include <zlib.h>
 
 #include "worker/commands.h"
+#include "worker/report.h"
 #include "worker/send.h"
 #include "worker/worker.h"
 
@@ -25,6 +26,7 @@ static void usage(FILE *out)
 "  drain     run the telemetry drain once, without a broker message\n"
 "  dlq       list, show, replay or purge dead-lettered telemetry\n"
 "  schema    apply or show the ClickHouse table DDL\n"
+"  report    print the telemetry dashboard's numbers from ClickHouse\n"
 "  send      enqueue a Celery task (like `celery call`), optionally wait for it\n"
 "  version   print versions of ptel-worker and its libraries\n");
 }
@@ -60,6 +62,7 @@ int main(int argc, char **argv)
     if (!strcmp(cmd, "drain")) return drain_command(argc - 1, argv + 1);
     if (!strcmp(cmd, "dlq")) return dlq_command(argc - 1, argv + 1);
     if (!strcmp(cmd, "schema")) return schema_command(argc - 1, argv + 1);
+    if (!strcmp(cmd, "report")) return report_command(argc - 1, argv + 1);
     fprintf(stderr, "error: unknown command '%s'\n\n", cmd);
     usage(stderr);
     return 2;

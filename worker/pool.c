@@ -215,6 +215,7 @@ static void run_job(slot *s, job *j)
 
     pthread_mutex_lock(&w->lock);
     int abandoned = s->abandoned;
+    int64_t abandoned_us = s->abandoned_us;
     if (!abandoned) s->finishing = 1;
     pthread_mutex_unlock(&w->lock);
     if (!abandoned && atomic_load(&s->cancel) == TASK_CANCEL_SHUTDOWN && j->settings.acks_late) {
@@ -235,7 +236,7 @@ static void run_job(slot *s, job *j)
     } else {
         log_warning("Task %s[%s] returned %.1fs after its hard time limit; its outcome is "
                     "discarded (FAILURE TimeLimitExceeded was already stored)",
-                    j->msg.task, j->msg.id, runtime);
+                    j->msg.task, j->msg.id, (double)(time_now_us() - abandoned_us) / USEC_PER_SEC);
     }
     task_outcome_free(&out);
 }

@@ -17,11 +17,12 @@ mkdir -p "$out/obj"
 
 # Every library source a harness can reach. control.c needs transport.c and
 # events.c for symbols; the rest of broker/ and clickhouse/ comes along so
-# the archive resolves whatever a parser calls.
+# the archive resolves whatever a parser calls. chdb.c (the chdb:// backend)
+# is listed for its symbols only: fuzz_ch_url never opens a chdb:// URL.
 LIB_SOURCES="
 common/mem.c common/buf.c common/log.c common/pyjson.c common/timeutil.c common/base64.c
 broker/url.c broker/message.c broker/transport.c broker/backend.c broker/events.c broker/control.c
-clickhouse/client.c clickhouse/schema.c clickhouse/encode.c clickhouse/event_row.c
+clickhouse/client.c clickhouse/schema.c clickhouse/encode.c clickhouse/event_row.c clickhouse/chdb.c
 tasks/telemetry.c
 worker/config.c
 "
@@ -29,7 +30,7 @@ HARNESSES="base64 pyjson timeutil message_envelope message_body telemetry config
 
 SAN="-fsanitize=address,undefined -fno-sanitize-recover=undefined -fno-omit-frame-pointer"
 CFLAGS="-g -O1 -std=c11 -D_GNU_SOURCE -DPTEL_VERSION=\"fuzz\" $SAN -I$root $(pkg-config --cflags hiredis msgpack libcjson libcurl uuid zlib) ${FUZZ_CFLAGS:-}"
-LIBS="$(pkg-config --libs hiredis msgpack libcjson libcurl uuid zlib) -lbz2 -lm -lpthread"
+LIBS="$(pkg-config --libs hiredis msgpack libcjson libcurl uuid zlib) -lbz2 -lm -lpthread -ldl"
 
 objs=""
 for src in $LIB_SOURCES; do
