@@ -528,8 +528,18 @@ class Bench:
             state["done"] = True
 
         th = threading.Thread(target=producer, daemon=True)
+        loop = None
         if mode == "continuous":
-            app.send_task(DRAIN_TASK, kwargs={"max_iterations": 10 ** 9}, queue="ingest")
+            # A drain run ends at its first empty read (after telemetry_block_ms),
+            # so "continuously running" = `ptel-worker drain` restarted as soon
+            # as it exits, for as long as the measurement lasts.
+            def drain_loop():
+                while not state.get("stop"):
+                    subprocess.run([self.bin, "drain", "--config", self.cfg, "--max-iterations",
+                                    "1000000000", "--json"], stdout=subprocess.DEVNULL,
+                                   stderr=subprocess.DEVNULL)
+            loop = threading.Thread(target=drain_loop, daemon=True)
+            loop.start()
         th.start()
         seen = {}
         lo = 0
@@ -555,6 +565,9 @@ class Bench:
                 break
             time.sleep(0.2)
         th.join()
+        state["stop"] = True
+        if loop:
+            loop.join(30)
         self.stop_worker(p)
         delays = sorted(seen[s] - send[s] for s in send if s in seen)
         if not delays:

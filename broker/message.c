@@ -544,9 +544,19 @@ int message_decode(const char *raw, size_t len, const message_limits *limits,
     if (limits && limits->max_decompressed_bytes) lim.max_decompressed_bytes = limits->max_decompressed_bytes;
     memset(out, 0, sizeof(*out));
     memset(err, 0, sizeof(*err));
-    if (len > lim.max_bytes)
+    if (len > lim.max_bytes) {
+        /* Refused unparsed for its size, but its id is still wanted: without
+         * it no FAILURE is stored and the client's get() waits until its
+         * timeout. The envelope is parsed once, only for the identity, and
+         * freed at once; past MESSAGE_IDENTITY_PARSE_MAX not even that. */
+        if (len <= MESSAGE_IDENTITY_PARSE_MAX) {
+            cJSON *env = cJSON_ParseWithLength(raw, len);
+            if (cJSON_IsObject(env)) note_identity(env, err);
+            cJSON_Delete(env);
+        }
         return set_error(err, MESSAGE_ERR_TOO_LARGE, "message of %zu bytes exceeds the %zu-byte limit",
                          len, lim.max_bytes);
+    }
     if (decode_envelope(raw, len, &lim, out, err) != 0) {
         if (out->id && !err->task_id) err->task_id = xstrdup(out->id);
         if (out->task && !err->task_name) err->task_name = xstrdup(out->task);

@@ -26,6 +26,9 @@
 /* Envelopes bigger than this are refused unparsed (a Python worker has no
  * limit; we bound memory per prefetched message). */
 #define MESSAGE_MAX_BYTES (8u * 1024u * 1024u)
+/* An over-limit envelope up to this size is still parsed once, only to
+ * learn its task id so a FAILURE can be stored for it (then freed). */
+#define MESSAGE_IDENTITY_PARSE_MAX (256u * 1024u * 1024u)
 /* A compressed body may inflate to at most this many bytes (bomb guard). */
 #define MESSAGE_MAX_DECOMPRESSED_BYTES (64u * 1024u * 1024u)
 

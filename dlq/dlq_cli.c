@@ -331,14 +331,17 @@ static int replay_record(redisContext *c, const dlq_options *o, const record *r)
     }
     char maxlen[32];
     snprintf(maxlen, sizeof maxlen, "%ld", (long)DLQ_REPLAY_MAXLEN);
-    const char *argv[14] = {"XADD", stream, "MAXLEN", "~", maxlen, "*"};
-    size_t lens[14];
+    const char *argv[16] = {"XADD", stream, "MAXLEN", "~", maxlen, "*"};
+    size_t lens[16];
     int argc = 6;
     /* ingestion_id and source only when known: an empty source would be
      * rejected as invalid_source on the way back in. */
     const char *ing = field(r, "ingestion_id", NULL), *src = field(r, "source", NULL);
     if (ing && ing[0]) argv[argc++] = "ingestion_id", argv[argc++] = ing;
     if (src && src[0]) argv[argc++] = "source", argv[argc++] = src;
+    /* The marker makes the drain look the events up before inserting them
+     * (tasks/drain.c batch_add): what a re-run replay re-sends is not stored twice. */
+    argv[argc++] = "replayed_from", argv[argc++] = r->id;
     argv[argc++] = "org_id_hash", argv[argc++] = field_or(r, "org_id_hash", "");
     argv[argc++] = "events", argv[argc++] = events;
     for (int i = 0; i < argc; i++) lens[i] = strlen(argv[i]);

@@ -161,7 +161,10 @@ static void batch_add(drain_session *s, const drain_read_entry *re)
     snprintf(be->id, sizeof be->id, "%s", re->id);
     be->deliveries = re->deliveries;
     be->check_dups = re->history || re->deliveries > 1 || re->stream->dedup_all;
-    size_t elen = 0;
+    size_t elen = 0, mlen = 0;
+    /* Entries `dlq replay` wrote (dlq_cli.c marks them): a replay run again
+     * after an interruption re-sends events that may already be stored. */
+    if (entry_field(re->fields, "replayed_from", &mlen)) be->check_dups = 1;
     const char *ev = entry_field(re->fields, "events", &elen);
     if (ev) {
         be->events = xstrndup(ev, elen);
@@ -368,6 +371,41 @@ static void mark_found(drain_session *s, const size_t *ce, const size_t *cr, siz
     buf_free(&eid);
 }
 
+/* The same event twice among the rows to check (a `dlq replay` run again
+ * after an interruption re-sends events whose first copy may still be in
+ * this very batch): the first copy is inserted, later ones count as stored. */
+typedef struct dup_key {
+    const char *org, *id;
+    size_t k;
+} dup_key;
+
+static int dup_key_cmp(const void *x, const void *y)
+{
+    const dup_key *a = x, *b = y;
+    int d = strcmp(a->org, b->org);
+    if (d == 0) d = strcmp(a->id, b->id);
+    return d ? d : (a->k > b->k) - (a->k < b->k);
+}
+
+static size_t mark_batch_dups(drain_batch *b, const size_t *ce, const size_t *cr, size_t n)
+{
+    dup_key *keys = xmalloc((n ? n : 1) * sizeof(*keys));
+    for (size_t k = 0; k < n; k++) {
+        const event_row *r = &b->e[ce[k]].t.rows[cr[k]];
+        keys[k] = (dup_key){r->org_id_hash, r->event_id, k};
+    }
+    qsort(keys, n, sizeof(*keys), dup_key_cmp);
+    size_t dups = 0;
+    for (size_t k = 1; k < n; k++) {
+        if (strcmp(keys[k].org, keys[k - 1].org) != 0 || strcmp(keys[k].id, keys[k - 1].id) != 0)
+            continue;
+        b->e[ce[keys[k].k]].state[cr[keys[k].k]] = ROW_STORED;
+        dups++;
+    }
+    free(keys);
+    return dups;
+}
+
 static int dedup_rows(drain_session *s, ch_error *e)
 {
     drain_batch *b = s->batch;
@@ -382,7 +420,7 @@ static int dedup_rows(drain_session *s, ch_error *e)
         for (size_t r = 0; r < b->e[i].t.n_rows; r++)
             if (b->e[i].state[r] == ROW_PENDING) ce[n] = i, cr[n++] = r;
     }
-    size_t found = 0, start = 0;
+    size_t found = mark_batch_dups(b, ce, cr, n), start = 0;
     int rc = 0;
     buf sql = BUF_INIT, result = BUF_INIT;
     while (start < n && rc == 0) {

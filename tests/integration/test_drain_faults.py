@@ -332,11 +332,14 @@ def test_dlq_replay_after_the_table_is_fixed(producer, ch_db, ptel_cli):
     check_nothing_pending(r, model)
 
 
-def test_interrupted_replay_rerun_stores_each_event_once(producer, ch_db, ptel_cli):
+@pytest.mark.parametrize("first_copy", ["drained_before_rerun", "in_the_same_batch"])
+def test_interrupted_replay_rerun_stores_each_event_once(first_copy, producer, ch_db, ptel_cli):
     """`dlq replay` appends a record's events, then deletes the record; a
     crash in between leaves the record, and the operator runs replay again
     (dlq_cli.c promises the drain recognises the re-sent events). Simulated
-    by doing the crashed run's XADD by hand."""
+    by doing the crashed run's XADD by hand, with the fields replay writes.
+    The first copy is either stored before the re-run or still in the
+    stream next to the second copy (one batch)."""
     r = producer.r
     ch_db.create_strict_table()
     ch_db.q(POISON_COLUMN.format(t=ch_db.table))
@@ -348,13 +351,19 @@ def test_interrupted_replay_rerun_stores_each_event_once(producer, ch_db, ptel_c
     assert res["processed"] == 1 and res["dead_lettered"] == 1, res
     ch_db.q(f"ALTER TABLE {ch_db.table} DROP COLUMN poison_check")
     ((rid, rec),) = tg.dlq_records(r)
-    # The interrupted run: XADD done, XDEL never happened.
-    r.xadd(rec["original_stream"], {"ingestion_id": rec["ingestion_id"], "source": rec["source"],
-                                    "org_id_hash": rec["org_id_hash"], "events": rec["events"]},
-           maxlen=tg.MAXLEN, approximate=True)
+    # What the interrupted run did: its XADD (same fields as a replay), no XDEL.
+    rc, out, err = _replay(ptel_cli, rid)
+    assert rc == 0, (out, err)
+    ((_, copy),) = r.xrange(rec["original_stream"], "-", "+", count=100)[-1:]
+    assert copy[b"replayed_from"].decode() == rid, copy
+    r.xadd(tg.DLQ_KEY, {k: v for k, v in rec.items()})            # the record stays
+    if first_copy == "drained_before_rerun":
+        assert run_drain(ptel_cli, ch_db)["processed"] == 1
     rc, out, err = _replay(ptel_cli, "--all")
     assert rc == 0 and "1 record(s) replayed, 0 failed" in out, (rc, out, err)
-    run_drain(ptel_cli, ch_db)
+    res = run_drain(ptel_cli, ch_db)
     c, u, uk = ch_db.counts()
     assert (c, uk) == (2, 2), f"count()={c} uniqExact={uk}: the re-sent event was stored twice"
+    assert res["processed"] == (1 if first_copy == "drained_before_rerun" else 2), res
     assert r.xlen(tg.DLQ_KEY) == 0
+    check_nothing_pending(r, producer.model)
