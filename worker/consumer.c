@@ -9,6 +9,7 @@
  * Every fetched message ends in exactly one place: the ready queue, the ETA
  * list, back on the broker (unknown task, requeue policy), or settled here
  * (acked after logging, with FAILURE/REVOKED stored where Celery stores it). */
+#include "worker/remote.h"
 #include "worker/state.h"
 
 #include <stdlib.h>
@@ -138,6 +139,10 @@ static int dispatch(worker *w, consumer_state *cs, redisContext *ctx, fetched_me
     j->def = task_find(j->msg.task);
     config_task_settings(w->cfg, j->msg.task, &j->settings);
     if (j->msg.ignore_result) j->settings.ignore_result = 1;
+    /* control `time_limit` overrides the config; the message's own
+     * timelimit header still wins, as in Celery. */
+    remote_time_limits(w->remote, j->msg.task, &j->settings.soft_time_limit,
+                       &j->settings.time_limit);
     if (j->msg.time_limit_hard > 0) j->settings.time_limit = j->msg.time_limit_hard;
     if (j->msg.time_limit_soft > 0) j->settings.soft_time_limit = j->msg.time_limit_soft;
 
@@ -158,6 +163,8 @@ static int dispatch(worker *w, consumer_state *cs, redisContext *ctx, fetched_me
             if (transport_requeue(ctx, &w->topts, m->tag, rerr, sizeof rerr) != 0)
                 log_error("Could not hand back %s[%s]: %s; it stays in unacked and will be "
                           "restored after the visibility timeout", j->msg.task, j->msg.id, rerr);
+            else
+                remote_task_rejected(w->remote, j, 1);   /* a reject with requeue */
             job_free(j);
             return 1;
         }
@@ -167,6 +174,25 @@ static int dispatch(worker *w, consumer_state *cs, redisContext *ctx, fetched_me
                   j->msg.task, j->msg.argsrepr ? j->msg.argsrepr : "", j->msg.id);
         job_store_failure(ctx, w, j->msg.id, "NotRegistered", "celery.exceptions",
                           j->msg.task, NULL);
+        buf exc = BUF_INIT;
+        pj_value *name = pj_new_string(j->msg.task);
+        buf_puts(&exc, "NotRegistered(");
+        pj_repr(&exc, name);
+        buf_putc(&exc, ')');
+        remote_task_failed(w->remote, j, buf_cstr(&exc), NULL);
+        pj_free(name);
+        buf_free(&exc);
+        job_ack(ctx, w, j);
+        job_free(j);
+        return 0;
+    }
+
+    /* Revoked before it arrived: discarded with no task-received
+     * (PROTOCOL §12.1). */
+    if (remote_is_revoked(w->remote, j->msg.id)) {
+        log_info("Discarding revoked task: %s[%s]", j->msg.task, j->msg.id);
+        job_store_revoked(ctx, w, j, "revoked");
+        remote_task_revoked(w->remote, j, 0, 0);
         job_ack(ctx, w, j);
         job_free(j);
         return 0;
@@ -177,12 +203,14 @@ static int dispatch(worker *w, consumer_state *cs, redisContext *ctx, fetched_me
         log_info("Discarding expired task %s[%s] (expired at %s)", j->msg.task, j->msg.id,
                  j->msg.expires_text ? j->msg.expires_text : "?");
         job_store_revoked(ctx, w, j, "expired");
+        remote_task_revoked(w->remote, j, 0, 1);
         job_ack(ctx, w, j);
         job_free(j);
         return 0;
     }
 
     log_info("Task %s[%s] received", j->msg.task, j->msg.id);
+    remote_task_received(w->remote, j);
     task_metric(j->msg.task, "ptel_tasks_received_total", NULL, 1);
     pthread_mutex_lock(&w->lock);
     w->stats.received++;

@@ -13,10 +13,12 @@
  * returned WORKER_ABANDON_GRACE_US later is left behind: a fresh slot takes
  * its place so the pool keeps its size, and the old thread frees its slot if
  * it ever returns. */
+#include "worker/remote.h"
 #include "worker/state.h"
 
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "broker/backend.h"
@@ -163,12 +165,45 @@ static void store_outcome(slot *s, job *j, task_outcome *out, double runtime)
         backend_store(s->backend, &r, w->cfg->result_expires, err, sizeof err) < 0)
         log_error("Could not store %s for %s[%s]: %s", backend_status_name(r.status),
                   j->msg.task, j->msg.id, err);
+    /* Events after the result is stored, as Celery's on_success/on_failure. */
+    if (r.status != BACKEND_SUCCESS && !line.len) exception_repr(&line, out);
+    if (r.status == BACKEND_SUCCESS)
+        remote_task_succeeded(w->remote, j, buf_cstr(&line), runtime);
+    else if (r.status == BACKEND_RETRY)
+        remote_task_retried(w->remote, j, buf_cstr(&line), traceback);
+    else
+        remote_task_failed(w->remote, j, buf_cstr(&line), traceback);
     pj_free(children);
     free(traceback);
     buf_free(&line);
 }
 
 /* ---- Running one job ---------------------------------------------------- */
+
+/* Rate limit (control `rate_limit` or task_annotations): wait for the task's
+ * turn. A shutdown during the wait hands the message back unstarted and
+ * returns -1. */
+static int wait_rate_limit(slot *s, job *j)
+{
+    worker *w = s->w;
+    int64_t wait = remote_rate_limit_delay(w->remote, j->msg.task);
+    if (wait <= 0) return 0;
+    int64_t until = time_now_us() + wait;
+    while (!atomic_load(&w->stopping)) {
+        int64_t left = until - time_now_us();
+        if (left <= 0) return 0;
+        if (left > 100000) left = 100000;
+        struct timespec ts = {0, (long)left * 1000};
+        nanosleep(&ts, NULL);
+    }
+    char err[256];
+    const char *tags[1] = {j->msg.delivery_tag};
+    if (transport_restore(s->broker, &w->topts, tags, 1, err, sizeof err) < 0)
+        log_error("Could not hand back rate-limited %s[%s]: %s; it comes back after the "
+                  "visibility timeout", j->msg.task, j->msg.id, err);
+    j->acked = 1;
+    return -1;
+}
 
 static void run_job(slot *s, job *j)
 {
@@ -183,9 +218,20 @@ static void run_job(slot *s, job *j)
     if (j->msg.expires_us && j->msg.expires_us <= time_now_us()) {
         log_info("Discarding expired task %s[%s]", j->msg.task, j->msg.id);
         job_store_revoked(s->broker == s->backend ? s->broker : s->backend, w, j, "expired");
+        remote_task_revoked(w->remote, j, 0, 1);
         job_ack(s->broker, w, j);
         return;
     }
+    /* Revoked while reserved or ETA-held: checked again before execution
+     * (PROTOCOL §12.1). */
+    if (remote_is_revoked(w->remote, j->msg.id)) {
+        log_info("Discarding revoked task: %s[%s]", j->msg.task, j->msg.id);
+        job_store_revoked(s->backend, w, j, "revoked");
+        remote_task_revoked(w->remote, j, 0, 0);
+        job_ack(s->broker, w, j);
+        return;
+    }
+    if (wait_rate_limit(s, j) != 0) return;
     if (!j->settings.acks_late) job_ack(s->broker, w, j);
     if (w->cfg->task_track_started && !j->settings.ignore_result) {
         backend_result r = {.task_id = j->msg.id, .status = BACKEND_STARTED,
@@ -207,6 +253,7 @@ static void run_job(slot *s, job *j)
     ctx.hard_deadline_us = s->hard_deadline_us;
     pthread_mutex_unlock(&w->lock);
 
+    remote_task_started(w->remote, j);
     task_outcome out;
     memset(&out, 0, sizeof out);
     double t0 = time_monotonic();
@@ -230,6 +277,13 @@ static void run_job(slot *s, job *j)
             log_warning("Task %s[%s] stopped by cold shutdown; message handed back to its queue",
                         j->msg.task, j->msg.id);
         j->acked = 1;
+    } else if (!abandoned && atomic_load(&s->cancel) == TASK_CANCEL_REVOKED) {
+        /* revoke --terminate: REVOKED ["terminated"], whatever the task
+         * returned on its way out (PROTOCOL §12.1). */
+        log_warning("Task %s[%s] terminated by remote control", j->msg.task, j->msg.id);
+        job_store_revoked(s->backend, w, j, "terminated");
+        remote_task_revoked(w->remote, j, 1, 0);
+        job_ack(s->broker, w, j);
     } else if (!abandoned) {
         store_outcome(s, j, &out, runtime);
         if (j->settings.acks_late) job_ack(s->broker, w, j);
@@ -263,10 +317,10 @@ static void *slot_main(void *arg)
 
     pthread_mutex_lock(&w->lock);
     for (;;) {
-        while (!w->ready_head && !atomic_load(&w->stopping))
+        while (!w->ready_head && !atomic_load(&w->stopping) && !s->retire)
             pthread_cond_wait(&w->work_ready, &w->lock);
         /* Warm shutdown starts nothing new: reserved jobs are handed back. */
-        if (atomic_load(&w->stopping)) break;
+        if (atomic_load(&w->stopping) || s->retire) break;
         job *j = take_job_locked(w);
         int64_t now = time_now_us();
         s->current = j;
@@ -301,6 +355,7 @@ static void *slot_main(void *arg)
         pthread_cond_signal(&w->room);
         job_free(j);
     }
+    s->exited = 1;   /* reaped by the main thread when retired (pool_resize) */
     pthread_mutex_unlock(&w->lock);
     return NULL;
 }
@@ -345,14 +400,76 @@ static void settle_hard_limit_locked(worker *w, slot *s, int64_t now_us)
             log_error("Could not store TimeLimitExceeded for %s: %s", j->msg.id, err);
         pj_free(args);
     }
+    buf exc = BUF_INIT;
+    buf_puts(&exc, "TimeLimitExceeded(");
+    if (limit == (double)(long long)limit) buf_printf(&exc, "%lld", (long long)limit);
+    else pj_float_repr(&exc, limit);
+    buf_putc(&exc, ')');
+    remote_task_failed(w->remote, j, buf_cstr(&exc), "Traceback (most recent call last):\n"
+                       "billiard.exceptions.TimeLimitExceeded: hard time limit\n");
+    buf_free(&exc);
     /* acks_late and early-ack alike end acked on a timeout
      * (task_acks_on_failure_or_timeout, PROTOCOL §4.2). */
     if (w->main_broker) job_ack(w->main_broker, w, j);
 }
 
+/* Join and free slots retired by pool_shrink once their thread is gone
+ * (lock held; they never take the lock after setting `exited`). */
+static void reap_retired_locked(worker *w)
+{
+    int kept = 0;
+    for (int i = 0; i < w->n_slots; i++) {
+        slot *s = w->slots[i];
+        if (s->retire && s->exited) {
+            pthread_join(s->thread, NULL);
+            slot_free(s);
+            continue;
+        }
+        w->slots[kept++] = s;
+    }
+    w->n_slots = kept;
+}
+
+void pool_resize(worker *w, int target)
+{
+    if (target < 1) target = 1;
+    if (target > CONFIG_MAX_CONCURRENCY) target = CONFIG_MAX_CONCURRENCY;
+    pthread_mutex_lock(&w->lock);
+    reap_retired_locked(w);
+    int live = 0, next_index = 0;
+    for (int i = 0; i < w->n_slots; i++) {
+        if (!w->slots[i]->retire) live++;
+        if (w->slots[i]->index >= next_index) next_index = w->slots[i]->index + 1;
+    }
+    int from = live;
+    if (target > live) {
+        w->slots = xrealloc(w->slots, (size_t)(w->n_slots + target - live) * sizeof *w->slots);
+        for (; live < target; live++) {
+            slot *s = slot_new(w, next_index++);
+            if (pthread_create(&s->thread, NULL, slot_main, s) != 0) {
+                log_error("pool_grow: cannot start another slot thread");
+                slot_free(s);
+                break;
+            }
+            w->slots[w->n_slots++] = s;
+        }
+    } else {
+        for (int i = w->n_slots - 1; i >= 0 && live > target; i--) {
+            if (w->slots[i]->retire) continue;
+            w->slots[i]->retire = 1;
+            live--;
+        }
+        pthread_cond_broadcast(&w->work_ready);
+    }
+    pthread_cond_broadcast(&w->room);   /* the prefetch limit follows the pool size */
+    pthread_mutex_unlock(&w->lock);
+    log_info("Pool resized by remote control: %d -> %d slot(s)", from, live);
+}
+
 void pool_check_limits(worker *w, int64_t now_us)
 {
     pthread_mutex_lock(&w->lock);
+    reap_retired_locked(w);
     for (int i = 0; i < w->n_slots; i++) {
         slot *s = w->slots[i];
         if (s->status != SLOT_RUNNING || s->finishing) continue;

@@ -65,6 +65,8 @@ typedef struct slot {
     int finishing;                /* the task returned; its outcome is being stored */
     int abandoned;                /* hard limit hit: the main thread settled the job */
     int64_t abandoned_us;
+    int retire;                   /* pool_shrink: leave after the current job */
+    int exited;                   /* a retired slot's thread has returned */
     int zombie;                   /* replaced after ignoring its hard limit: the
                                      thread frees this slot if it ever returns */
     atomic_int cancel;            /* task_cancel_reason */
@@ -74,6 +76,8 @@ typedef struct worker_stats {     /* lock */
     long long processed;          /* tasks finished (any outcome) */
     long long received;
 } worker_stats;
+
+struct remote_state;              /* worker/remote.h */
 
 typedef struct worker {
     ptel_config *cfg;
@@ -108,6 +112,7 @@ typedef struct worker {
     redisContext *main_broker;    /* main thread's connection (timers, shutdown) */
     redisContext *main_backend;
     int64_t started_us;
+    struct remote_state *remote;  /* events, remote control, revoked set; NULL = off */
 } worker;
 
 /* consumer.c */
@@ -126,6 +131,9 @@ void pool_cancel_all(worker *w, int reason);
 void pool_join(worker *w);
 void pool_log_slots(worker *w);
 void pool_free(worker *w);
+/* pool_grow / pool_shrink: run n_slots slots (at least 1). Extra slots
+ * retire after their current job. Main thread. */
+void pool_resize(worker *w, int n_slots);
 
 /* jobs.c: result storing and acking shared by consumer, pool and main. */
 void job_free(job *j);

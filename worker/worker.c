@@ -26,6 +26,7 @@
 #include "common/timeutil.h"
 #include "worker/drain_options.h"
 #include "worker/metrics_http.h"
+#include "worker/remote.h"
 #include "worker/state.h"
 
 /* ---- Flags ------------------------------------------------------------------ */
@@ -45,6 +46,7 @@ static void usage(FILE *out)
 "  -n, --hostname NAME         node name; %%h host, %%n name, %%d domain (default celery@%%h)\n"
 "  -l, --loglevel LEVEL        debug, info, warning, error, critical (default info)\n"
 "  -E, --task-events           send task events (Flower, celery events)\n"
+"  -S, --statedb FILE          keep the revoked task ids in FILE across restarts\n"
 "      --prefetch-multiplier N messages reserved per slot (default 4; 0 = unlimited)\n"
 "      --log-format text|json  log line format (default text, Celery's)\n"
 "      --metrics-port N        serve Prometheus /metrics and /healthz on port N\n"
@@ -96,6 +98,7 @@ int worker_load_config(ptel_config *cfg, const char *path)
 typedef struct worker_flags {
     const char *config, *queues, *concurrency, *hostname, *loglevel, *prefetch, *log_format;
     const char *metrics_port;
+    const char *statedb;
     int events;
 } worker_flags;
 
@@ -110,6 +113,7 @@ static int parse_flags(int argc, char **argv, worker_flags *f)
         {"loglevel", required_argument, NULL, 'l'},
         {"task-events", no_argument, NULL, 'E'},
         {"events", no_argument, NULL, 'E'},
+        {"statedb", required_argument, NULL, 'S'},
         {"prefetch-multiplier", required_argument, NULL, OPT_PREFETCH},
         {"log-format", required_argument, NULL, OPT_LOG_FORMAT},
         {"metrics-port", required_argument, NULL, OPT_METRICS_PORT},
@@ -119,7 +123,7 @@ static int parse_flags(int argc, char **argv, worker_flags *f)
     memset(f, 0, sizeof *f);
     optind = 1;
     int c;
-    while ((c = getopt_long(argc, argv, "Q:c:n:l:Eh", longopts, NULL)) != -1) {
+    while ((c = getopt_long(argc, argv, "Q:c:n:l:ES:h", longopts, NULL)) != -1) {
         switch (c) {
         case OPT_CONFIG: f->config = optarg; break;
         case 'Q': f->queues = optarg; break;
@@ -127,6 +131,7 @@ static int parse_flags(int argc, char **argv, worker_flags *f)
         case 'n': f->hostname = optarg; break;
         case 'l': f->loglevel = optarg; break;
         case 'E': f->events = 1; break;
+        case 'S': f->statedb = optarg; break;
         case OPT_PREFETCH: f->prefetch = optarg; break;
         case OPT_LOG_FORMAT: f->log_format = optarg; break;
         case OPT_METRICS_PORT: f->metrics_port = optarg; break;
@@ -303,6 +308,20 @@ static void free_held(worker *w)
 
 /* ---- Main loop ------------------------------------------------------------------- */
 
+/* Stop fetching and let running tasks finish within the grace (SIGTERM,
+ * SIGINT, remote `shutdown`). worker-offline goes out first (PROTOCOL §12.6). */
+static int64_t begin_warm_shutdown(worker *w, const char *why)
+{
+    log_warning("Warm shutdown (%s): no new tasks; waiting up to %gs for %d running "
+                "task(s)", why, w->cfg->worker_shutdown_grace, pool_active(w));
+    atomic_store(&w->stopping, 1);
+    remote_shutdown_begins(w->remote);
+    pthread_mutex_lock(&w->lock);
+    pthread_cond_broadcast(&w->work_ready);
+    pthread_mutex_unlock(&w->lock);
+    return time_now_us() + (int64_t)(w->cfg->worker_shutdown_grace * USEC_PER_SEC);
+}
+
 static int run(worker *w, sigset_t *sigs)
 {
     int64_t next_restore = time_now_us() + WORKER_RESTORE_VISIBLE_EVERY_US;
@@ -316,22 +335,24 @@ static int run(worker *w, sigset_t *sigs)
         } else if (sig == SIGQUIT || ((sig == SIGINT || sig == SIGTERM) && stopping)) {
             log_warning("Cold shutdown (%s): stopping running tasks now", strsignal(sig));
             atomic_store(&w->stopping, 2);
+            remote_shutdown_begins(w->remote);
             pool_cancel_all(w, TASK_CANCEL_SHUTDOWN);
         } else if (sig == SIGINT || sig == SIGTERM) {
-            log_warning("Warm shutdown (%s): no new tasks; waiting up to %gs for %d running "
-                        "task(s)", strsignal(sig), w->cfg->worker_shutdown_grace, pool_active(w));
-            atomic_store(&w->stopping, 1);
-            grace_deadline = time_now_us() + (int64_t)(w->cfg->worker_shutdown_grace * USEC_PER_SEC);
-            pthread_mutex_lock(&w->lock);
-            pthread_cond_broadcast(&w->work_ready);
-            pthread_mutex_unlock(&w->lock);
+            grace_deadline = begin_warm_shutdown(w, strsignal(sig));
         }
+        remote_requests rq;
+        remote_take_requests(w->remote, &rq);
+        if (rq.shutdown && !atomic_load(&w->stopping))
+            grace_deadline = begin_warm_shutdown(w, "remote control");
+        if (rq.pool_delta && !atomic_load(&w->stopping))
+            pool_resize(w, w->n_slots + rq.pool_delta);
 
         int64_t now = time_now_us();
         reconnect_main_if_broken(w);
         stopping = atomic_load(&w->stopping);
         if (!stopping) consumer_release_due(w, now);
         pool_check_limits(w, now);
+        remote_tick(w->remote, now);
         if (!stopping && now >= next_restore && w->main_broker) {
             restore_visible(w);
             next_restore = now + WORKER_RESTORE_VISIBLE_EVERY_US;
@@ -385,6 +406,7 @@ int worker_main(int argc, char **argv)
         apply_flag(&cfg, "--concurrency", "worker_concurrency", f.concurrency) ||
         apply_flag(&cfg, "--prefetch-multiplier", "worker_prefetch_multiplier", f.prefetch) ||
         apply_flag(&cfg, "--log-format", "worker_log_format", f.log_format) ||
+        apply_flag(&cfg, "--statedb", "worker_statedb", f.statedb) ||
         apply_flag(&cfg, "--metrics-port", "worker_metrics_port", f.metrics_port)) {
         config_free(&cfg);
         return 2;
@@ -439,6 +461,9 @@ int worker_main(int argc, char **argv)
         log_critical("%s", err);
         goto out;
     }
+    /* Mingle and the pidbox come after the pool (handlers read the slots)
+     * and before the consumer (PROTOCOL §9.5). */
+    w.remote = remote_start(&w);
     if (pthread_create(&w.consumer_thread, NULL, consumer_main, &w) != 0) {
         log_critical("cannot start the consumer thread");
         atomic_store(&w.stopping, 2);
@@ -451,10 +476,13 @@ int worker_main(int argc, char **argv)
     pthread_join(w.consumer_thread, NULL);
     pool_join(&w);
     restore_held(&w);
+    remote_stop(w.remote);
+    w.remote = NULL;
     log_info("%s: %s shutdown complete", w.hostname, how == 2 ? "cold" : "warm");
     rc = 0;
 
 out:
+    remote_stop(w.remote);
     metrics_http_stop(&w);
     free_held(&w);
     pool_free(&w);
