@@ -289,7 +289,65 @@ static pj_value *mp_to_pj(const msgpack_object *o, int depth, message_error *err
     }
 }
 
+/* msgpack-c allocates a container's whole element array from the header's
+ * count before it reads any element, so a 5-byte body declaring 2^32 items
+ * asks for 64 GiB (found by tests/fuzz/fuzz_message_body). Every element
+ * takes at least one byte, so a count larger than the bytes left cannot be
+ * honest: refuse it before msgpack-c sees it. Walks the headers only, in
+ * O(len); truncated input is left for msgpack-c to report. */
+static int mp_counts_plausible(const unsigned char *p, size_t len) {
+    size_t pos = 0, pending = 1;
+    while (pending > 0 && pos < len) {
+        if (pending > len - pos) return 1;                        /* truncated */
+        unsigned c = p[pos++];
+        size_t hdr = 0, skip = 0, per_item = 0, n = 0;
+        pending--;
+        if (c >= 0x80 && c <= 0x8f) { n = c & 0x0f; per_item = 2; }
+        else if (c >= 0x90 && c <= 0x9f) { n = c & 0x0f; per_item = 1; }
+        else if (c >= 0xa0 && c <= 0xbf) skip = c & 0x1f;
+        else if (c >= 0xc4) {
+            switch (c) {
+            case 0xc4: case 0xd9: hdr = 1; break;                 /* bin8, str8 */
+            case 0xc5: case 0xda: hdr = 2; break;                 /* bin16, str16 */
+            case 0xc6: case 0xdb: hdr = 4; break;                 /* bin32, str32 */
+            case 0xc7: hdr = 1; skip = 1; break;                  /* ext8 (+type) */
+            case 0xc8: hdr = 2; skip = 1; break;
+            case 0xc9: hdr = 4; skip = 1; break;
+            case 0xcc: case 0xd0: skip = 1; break;
+            case 0xcd: case 0xd1: skip = 2; break;
+            case 0xca: case 0xce: case 0xd2: skip = 4; break;
+            case 0xcb: case 0xcf: case 0xd3: skip = 8; break;
+            case 0xd4: skip = 2; break;                           /* fixext 1..16 (+type) */
+            case 0xd5: skip = 3; break;
+            case 0xd6: skip = 5; break;
+            case 0xd7: skip = 9; break;
+            case 0xd8: skip = 17; break;
+            case 0xdc: hdr = 2; per_item = 1; break;              /* array16/32 */
+            case 0xdd: hdr = 4; per_item = 1; break;
+            case 0xde: hdr = 2; per_item = 2; break;              /* map16/32 */
+            case 0xdf: hdr = 4; per_item = 2; break;
+            default: break;                                       /* negative fixint */
+            }
+        }
+        if (hdr > len - pos) return 1;
+        for (size_t i = 0; i < hdr; i++) n = (n << 8) | p[pos++];
+        if (per_item) {
+            /* Items still owed need a byte each too: bounds the total. */
+            if (n > (len - pos) / per_item || n * per_item > len - pos - pending) return 0;
+            pending += n * per_item;
+        } else {
+            if (n > len - pos || skip > len - pos - n) return 1;
+            pos += n + skip;
+        }
+    }
+    return 1;
+}
+
 static pj_value *decode_msgpack(const buf *body, message_error *err) {
+    if (!mp_counts_plausible((const unsigned char *)body->data, body->len)) {
+        set_error(err, MESSAGE_ERR_DECODE_BODY, "body is not valid msgpack (a container declares more items than the body has bytes)");
+        return NULL;
+    }
     msgpack_unpacked up;
     msgpack_unpacked_init(&up);
     size_t off = 0;
