@@ -2,7 +2,10 @@
  *
  * This is the hand-off between tasks/ (which validates events and fills rows)
  * and clickhouse/ (which encodes rows for the column types the server really
- * has). Plain data: every string is owned by the row, NUL-terminated, UTF-8. */
+ * has). Plain data: every string is NUL-terminated UTF-8. Who owns the
+ * strings depends on who made the row: a row built by hand owns them and is
+ * released with event_row_free(); rows inside a telemetry_entry point into
+ * the entry's storage and are released only by telemetry_entry_free(). */
 #ifndef PTEL_EVENT_ROW_H
 #define PTEL_EVENT_ROW_H
 

@@ -45,6 +45,10 @@
  * the duplicate-key check stays linear for large objects. */
 #define PJ_INDEX_THRESHOLD 16
 
+/* Children of open containers the parser holds before spilling to the heap
+ * (in all the open containers together). */
+#define PJ_STACK_INLINE 32
+
 /* Objects up to this size are sorted for sort_keys without a heap allocation. */
 #define PJ_SORT_STACK_MEMBERS 32
 
@@ -399,17 +403,257 @@ static void wtf8_put(buf *out, uint32_t cp)
     buf_append(out, t, n);
 }
 
+/* ---- Byte scanning -----------------------------------------------------------
+ * The hot loops (UTF-8 check, string bodies, dump runs) look at 8 bytes per
+ * step. The masks below flag the bytes that need attention; in each the
+ * LOWEST flagged byte is exact (a borrow or carry can only spill into bytes
+ * above a real hit), so "first special byte" = ctz(mask) / 8 on a
+ * little-endian load. Measured on the telemetry events (bench/micro): the
+ * byte-at-a-time loops were about a quarter of pj_parse's instructions. */
+
+#define ONES  0x0101010101010101ULL
+#define HIGHS 0x8080808080808080ULL
+
+#if defined(__BYTE_ORDER__) && __BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__
+#define PJ_SWAR 1
+#else
+#define PJ_SWAR 0      /* big-endian: the first byte is not the lowest; plain loops */
+#endif
+
+static inline uint64_t load8(const char *s)
+{
+    uint64_t w;
+    memcpy(&w, s, 8);
+    return w;
+}
+
+/* The last 1..7 bytes s[i..len) (len >= 8) as the low bytes of a word, read
+ * with one load that ends at len instead of a byte loop; the bytes above are
+ * zero, which every mask flags, so a hit at or past len means "none". */
+static inline uint64_t tail8(const char *s, size_t i, size_t len)
+{
+    return load8(s + len - 8) >> (8 * (8 - (len - i)));
+}
+
+static inline uint64_t bytes_eq(uint64_t w, unsigned char c)
+{
+    uint64_t x = w ^ (ONES * c);
+    return (x - ONES) & ~x & HIGHS;
+}
+
+static inline uint64_t bytes_lt(uint64_t w, unsigned char c)   /* c <= 0x80 */
+{
+    return (w - ONES * c) & ~w & HIGHS;
+}
+
+/* Inside a JSON string the parser stops at '"', '\\' and control characters;
+ * other bytes (UTF-8 included, already validated) are copied as they are. */
+static inline uint64_t parse_specials(uint64_t w)
+{
+    return bytes_eq(w, '"') | bytes_eq(w, '\\') | bytes_lt(w, 0x20);
+}
+
+static size_t find_parse_special_bytes(const char *s, size_t i, size_t len)
+{
+    for (; i < len; i++) {
+        unsigned char c = (unsigned char)s[i];
+        if (c == '"' || c == '\\' || c <= 0x1F) return i;
+    }
+    return len;
+}
+
+static inline size_t find_parse_special(const char *s, size_t i, size_t len)
+{
+#if PJ_SWAR
+    if (len < 8) return find_parse_special_bytes(s, i, len);
+    for (; i + 8 <= len; i += 8) {
+        uint64_t m = parse_specials(load8(s + i));
+        if (m) return i + ((size_t)__builtin_ctzll(m) >> 3);
+    }
+    if (i < len) {
+        uint64_t m = parse_specials(tail8(s, i, len));
+        size_t at = m ? i + ((size_t)__builtin_ctzll(m) >> 3) : len;
+        return at < len ? at : len;
+    }
+    return len;
+#else
+    return find_parse_special_bytes(s, i, len);
+#endif
+}
+
+/* json.dumps(ensure_ascii=True) copies printable ASCII except '"' and '\\';
+ * everything else (controls, DEL, non-ASCII) is escaped. */
+static inline uint64_t dump_specials(uint64_t w)
+{
+    return parse_specials(w) | ((w | (w + ONES)) & HIGHS);   /* byte >= 0x7F */
+}
+
+static size_t find_dump_special_bytes(const char *s, size_t i, size_t len)
+{
+    for (; i < len; i++) {
+        unsigned char c = (unsigned char)s[i];
+        if (c < 0x20 || c >= 0x7F || c == '"' || c == '\\') return i;
+    }
+    return len;
+}
+
+static inline size_t find_dump_special(const char *s, size_t i, size_t len)
+{
+#if PJ_SWAR
+    if (len < 8) return find_dump_special_bytes(s, i, len);
+    for (; i + 8 <= len; i += 8) {
+        uint64_t m = dump_specials(load8(s + i));
+        if (m) return i + ((size_t)__builtin_ctzll(m) >> 3);
+    }
+    if (i < len) {
+        uint64_t m = dump_specials(tail8(s, i, len));
+        size_t at = m ? i + ((size_t)__builtin_ctzll(m) >> 3) : len;
+        return at < len ? at : len;
+    }
+    return len;
+#else
+    return find_dump_special_bytes(s, i, len);
+#endif
+}
+
+/* Offset of the first invalid UTF-8 sequence, or len; *why as utf8_valid_seq.
+ * ASCII is checked 8 bytes at a time. */
+static size_t utf8_check(const unsigned char *u, size_t len, const char **why)
+{
+    size_t i = 0;
+    while (i < len) {
+#if PJ_SWAR
+        while (i + 8 <= len && !(load8((const char *)u + i) & HIGHS)) i += 8;
+        if (i >= len) break;
+#endif
+        size_t n = utf8_valid_seq(u + i, len - i, why);
+        if (n == 0) return i;
+        i += n;
+    }
+    return len;
+}
+
+/* ---- Arena -------------------------------------------------------------------
+ * A pj_doc's tree lives in a few big blocks instead of one malloc per value,
+ * key and string: on the telemetry events (bench/micro/event_cost.c) malloc
+ * and free were over a third of parse+free. Blocks are never reused or
+ * shrunk; the doc frees them all at once. */
+
+typedef struct pj_chunk {
+    struct pj_chunk *next;
+    size_t used, cap;
+    char data[];           /* 8-aligned: the header is three words */
+} pj_chunk;
+
+struct pj_doc {
+    pj_value *root;
+    pj_chunk *chunks;      /* newest first; the doc itself lives in the oldest */
+};
+
+static pj_chunk *chunk_new(size_t cap, pj_chunk *next)
+{
+    pj_chunk *c = xmalloc(sizeof *c + cap);
+    c->next = next;
+    c->used = 0;
+    c->cap = cap;
+    return c;
+}
+
+/* 8-byte aligned, uninitialised. */
+static void *arena_alloc(pj_doc *d, size_t n)
+{
+    n = (n + 7) & ~(size_t)7;
+    pj_chunk *c = d->chunks;
+    if (c->cap - c->used < n) {
+        size_t cap = c->cap * 2;
+        if (cap < n) cap = n;
+        c = d->chunks = chunk_new(cap, c);
+    }
+    void *p = c->data + c->used;
+    c->used += n;
+    return p;
+}
+
 /* ---- Parser ------------------------------------------------------------------
- * Positions are byte offsets into the (already validated) UTF-8 input; error
- * messages convert them to Python's code-point line/column/char numbers. */
+ * One parser for both result kinds: pj_parse builds a tree of separate
+ * mallocs (every value can be pj_free'd or moved), pj_doc_parse puts it in
+ * the doc's arena. The only difference is where allocations go (p_* below).
+ *
+ * Container children are collected on parser-wide stacks and copied out
+ * exactly sized when the container closes: one allocation per container
+ * instead of a realloc chain. Positions are byte offsets into the (already
+ * validated) UTF-8 input; error messages convert them to Python's code-point
+ * line/column/char numbers. */
 
 typedef struct parser {
     const char *s;
     size_t len;
     int depth;
     pj_error *err;
+    pj_doc *doc;           /* NULL: heap tree (pj_parse) */
+    char *copy;            /* doc only: the input copied into the arena (see p_slice) */
     buf scratch;           /* string decoding, reused across strings */
+    pj_value **items;      /* open arrays' children, innermost last */
+    size_t n_items, cap_items;
+    pj_member *members;    /* open objects' members, innermost last */
+    size_t n_members, cap_members;
+    /* The stacks start here, in the parser (on the C stack): a heap block
+     * of a kilobyte or more per parse made glibc consolidate its fastbins
+     * every time, which cost more than the parse (bench/micro). */
+    pj_value *items_inline[PJ_STACK_INLINE];
+    pj_member members_inline[PJ_STACK_INLINE];
 } parser;
+
+/* Grows one of the parser's stacks (starting in its inline array). */
+static void *stack_grow(void *stack, const void *inline_array, size_t *cap, size_t elem)
+{
+    size_t n = *cap;
+    *cap = n * 2;
+    if (stack != inline_array) return xrealloc(stack, *cap * elem);
+    void *heap = xmalloc(*cap * elem);
+    memcpy(heap, stack, n * elem);
+    return heap;
+}
+
+static pj_value *p_value(parser *p, pj_type type)
+{
+    if (!p->doc) return value_new(type);
+    pj_value *v = arena_alloc(p->doc, sizeof *v);
+    memset(v, 0, sizeof *v);
+    v->type = type;
+    return v;
+}
+
+static void *p_alloc(parser *p, size_t n)
+{
+    return p->doc ? arena_alloc(p->doc, n) : xmalloc(n);
+}
+
+/* A NUL-terminated copy of s[0..n). */
+static char *p_strndup(parser *p, const char *s, size_t n)
+{
+    char *c = p_alloc(p, n + 1);
+    if (n) memcpy(c, s, n);
+    c[n] = '\0';
+    return c;
+}
+
+/* The text of a value that is s[at..at+n) of the input, verbatim and
+ * NUL-terminated. A doc copies the whole input into its arena once, and a
+ * string without escapes, or an int, is then a slice of that copy: the byte
+ * after it (a closing quote or a delimiter, part of no other value) becomes
+ * the NUL. One memcpy per document instead of an allocation and a copy per
+ * string, which were ~15% of the parse. */
+static char *p_slice(parser *p, size_t at, size_t n)
+{
+    if (!p->copy) return p_strndup(p, p->s + at, n);
+    p->copy[at + n] = '\0';
+    return p->copy + at;
+}
+
+/* Arena memory is released with the doc, never piecemeal. */
+static void p_free_value(parser *p, pj_value *v) { if (!p->doc) pj_free(v); }
+static void p_free_str(parser *p, char *s) { if (!p->doc) free(s); }
 
 /* Python's JSONDecodeError text: "<msg>: line L column C (char N)". */
 static void error_at(parser *p, const char *msg, size_t off)
@@ -440,9 +684,11 @@ static void error_plain(pj_error *err, size_t off, const char *msg)
 
 static int is_ws(char c) { return c == ' ' || c == '\t' || c == '\n' || c == '\r'; }
 
+/* Most calls find no blank or one (", " and ": " separators): the first test
+ * rejects every token byte at once. */
 static size_t skip_ws(const parser *p, size_t i)
 {
-    while (i < p->len && is_ws(p->s[i])) i++;
+    while (i < p->len && (unsigned char)p->s[i] <= ' ' && is_ws(p->s[i])) i++;
     return i;
 }
 
@@ -466,33 +712,42 @@ static long hex4(const parser *p, size_t i)
     return v;
 }
 
-/* Decodes the string whose opening quote is at begin-1 into p->scratch.
- * Returns the index after the closing quote, or (size_t)-1 on error.
+/* Decodes the string whose opening quote is at begin-1. Returns the index
+ * after the closing quote, or (size_t)-1 on error; *n gets the decoded
+ * length, and *text NULL when the string has no escape (the usual case: its
+ * characters are the input's s[begin..begin+n)), else the decoded
+ * characters in p->scratch (valid until the next string).
  * Mirrors CPython's scanstring_unicode with strict=True, including where it
  * reports each error. */
-static size_t scan_string(parser *p, size_t begin)
+static size_t scan_string(parser *p, size_t begin, const char **text, size_t *n)
 {
     const char *s = p->s;
     size_t len = p->len, end = begin;
+    size_t stop = find_parse_special(s, begin, len);
+    if (stop < len && s[stop] == '"') {
+        *text = NULL;
+        *n = stop - begin;
+        return stop + 1;
+    }
     buf_reset(&p->scratch);
     for (;;) {
-        size_t next = end;
-        char c = 0;
-        for (; next < len; next++) {
-            c = s[next];
-            if (c == '"' || c == '\\') break;
-            if ((unsigned char)c <= 0x1F) {
-                error_at(p, "Invalid control character at", next);
-                return (size_t)-1;
-            }
-        }
+        size_t next = end == begin ? stop : find_parse_special(s, end, len);
         if (next >= len) {
             error_at(p, "Unterminated string starting at", begin - 1);
             return (size_t)-1;
         }
+        char c = s[next];
+        if ((unsigned char)c <= 0x1F) {
+            error_at(p, "Invalid control character at", next);
+            return (size_t)-1;
+        }
         if (next > end) buf_append(&p->scratch, s + end, next - end);
         next++;
-        if (c == '"') return next;
+        if (c == '"') {
+            *text = p->scratch.data ? p->scratch.data : "";
+            *n = p->scratch.len;
+            return next;
+        }
         if (next == len) {
             error_at(p, "Unterminated string starting at", begin - 1);
             return (size_t)-1;
@@ -584,6 +839,18 @@ static size_t match_number(const parser *p, size_t idx, int *is_float)
     return i - idx;
 }
 
+/* strtod needs a NUL-terminated copy; a short literal is copied on the stack. */
+static double number_text_to_double(const char *s, size_t n)
+{
+    char small[64];
+    char *t = n < sizeof small ? small : xmalloc(n + 1);
+    memcpy(t, s, n);
+    t[n] = '\0';
+    double d = strtod(t, NULL);   /* correctly rounded; overflow -> inf */
+    if (t != small) free(t);
+    return d;
+}
+
 static pj_value *parse_number(parser *p, size_t idx, size_t *next)
 {
     int is_float;
@@ -592,16 +859,15 @@ static pj_value *parse_number(parser *p, size_t idx, size_t *next)
         error_at(p, "Expecting value", idx);
         return NULL;
     }
-    char *text = xstrndup(p->s + idx, n);
+    const char *text = p->s + idx;
     *next = idx + n;
     if (is_float) {
-        double d = strtod(text, NULL);   /* correctly rounded; overflow -> inf */
-        free(text);
-        return pj_new_float(d);
+        pj_value *v = p_value(p, PJ_FLOAT);
+        v->u.number = number_text_to_double(text, n);
+        return v;
     }
     size_t digits = n - (text[0] == '-');
     if (digits > PJ_MAX_INT_DIGITS) {
-        free(text);
         if (p->err) {
             p->err->offset = idx;
             snprintf(p->err->msg, sizeof p->err->msg,
@@ -611,16 +877,17 @@ static pj_value *parse_number(parser *p, size_t idx, size_t *next)
         }
         return NULL;
     }
-    pj_value *v = value_new(PJ_INT);
-    if (int_text_is_negative_zero(text)) {
-        free(text);
-        text = xstrdup("0");
-    }
-    v->u.int_text = text;
+    /* The grammar allows no leading zeros, so "-0" is the only negative zero. */
+    pj_value *v = p_value(p, PJ_INT);
+    v->u.int_text = n == 2 && text[0] == '-' && text[1] == '0' ? p_strndup(p, "0", 1)
+                                                               : p_slice(p, idx, n);
     return v;
 }
 
-/* Open-addressing index from key to member position, for large objects. */
+/* ---- Parser: containers ---- */
+
+/* Open-addressing index from key to member position, for large objects
+ * (members[0..n) are the object's members on the parser's stack). */
 typedef struct key_index {
     size_t *slots;     /* member position + 1; 0 = empty */
     size_t cap;        /* power of two */
@@ -636,57 +903,116 @@ static uint64_t key_hash(const char *k, size_t n)
     return h;
 }
 
-static void index_insert(key_index *ix, const pj_value *obj, size_t pos)
+static void index_insert(key_index *ix, const pj_member *members, size_t pos)
 {
-    const pj_member *m = &obj->u.object.members[pos];
+    const pj_member *m = &members[pos];
     size_t mask = ix->cap - 1, i = key_hash(m->key.ptr, m->key.len) & mask;
     while (ix->slots[i]) i = (i + 1) & mask;
     ix->slots[i] = pos + 1;
 }
 
-static void index_rebuild(key_index *ix, const pj_value *obj)
+static void index_rebuild(key_index *ix, const pj_member *members, size_t n)
 {
     free(ix->slots);
     ix->cap = 64;
-    while (ix->cap < obj->u.object.len * 4) ix->cap *= 2;
+    while (ix->cap < n * 4) ix->cap *= 2;
     ix->slots = xcalloc(ix->cap, sizeof(size_t));
-    for (size_t i = 0; i < obj->u.object.len; i++) index_insert(ix, obj, i);
+    for (size_t i = 0; i < n; i++) index_insert(ix, members, i);
 }
 
-static pj_member *index_find(const key_index *ix, const pj_value *obj, const char *k, size_t n)
+static pj_member *index_find(const key_index *ix, pj_member *members, const char *k, size_t n)
 {
     size_t mask = ix->cap - 1, i = key_hash(k, n) & mask;
     while (ix->slots[i]) {
-        pj_member *m = &obj->u.object.members[ix->slots[i] - 1];
+        pj_member *m = &members[ix->slots[i] - 1];
         if (m->key.len == n && memcmp(m->key.ptr, k, n) == 0) return m;
         i = (i + 1) & mask;
     }
     return NULL;
 }
 
-/* Python dict semantics for a parsed member; takes ownership of key and value. */
-static void object_put(pj_value *obj, key_index *ix, char *key, size_t klen, pj_value *value)
+static pj_member *members_find(pj_member *members, size_t n, const char *key, size_t key_len)
 {
-    pj_member *m = ix->slots ? index_find(ix, obj, key, klen) : member_find(obj, key, klen);
+    for (size_t i = 0; i < n; i++) {
+        pj_member *m = &members[i];
+        if (m->key.len == key_len && memcmp(m->key.ptr, key, key_len) == 0) return m;
+    }
+    return NULL;
+}
+
+/* A 1-of-64 bit from a key's length and end bytes. A small object keeps the
+ * OR of its keys' bits, and a key whose bit is not set there cannot be a
+ * duplicate: the usual object (distinct keys) then skips the linear search,
+ * which was ~10% of parsing an event of 9 keys. */
+static uint64_t key_bit(const char *k, size_t n)
+{
+    unsigned h = n ? (unsigned)n + 3u * (unsigned char)k[0] + 5u * (unsigned char)k[n - 1] : 0;
+    return 1ULL << (h & 63);
+}
+
+/* Python dict semantics for a parsed member of the object whose members
+ * start at stack position base; takes ownership of key and value. *seen is
+ * the object's key_bit filter (used until the object gets a hash index). */
+static void object_put(parser *p, size_t base, key_index *ix, uint64_t *seen, char *key,
+                       size_t klen, pj_value *value)
+{
+    pj_member *mine = p->members + base;
+    size_t n = p->n_members - base;
+    pj_member *m = NULL;
+    uint64_t bit = key_bit(key, klen);
+    if (ix->slots) m = index_find(ix, mine, key, klen);
+    else if (*seen & bit) m = members_find(mine, n, key, klen);
+    *seen |= bit;
     if (m) {
-        free(key);
-        pj_free(m->value);
+        p_free_str(p, key);
+        p_free_value(p, m->value);
         m->value = value;
         return;
     }
-    member_push(obj, key, klen, value);
-    if (ix->slots) {
-        if (obj->u.object.len * 2 > ix->cap) index_rebuild(ix, obj);
-        else index_insert(ix, obj, obj->u.object.len - 1);
-    } else if (obj->u.object.len >= PJ_INDEX_THRESHOLD) {
-        index_rebuild(ix, obj);
+    if (p->n_members == p->cap_members) {
+        p->members = stack_grow(p->members, p->members_inline, &p->cap_members,
+                                sizeof *p->members);
+        mine = p->members + base;
     }
+    m = &p->members[p->n_members++];
+    m->key.ptr = key;
+    m->key.len = klen;
+    m->value = value;
+    n++;
+    if (ix->slots) {
+        if (n * 2 > ix->cap) index_rebuild(ix, mine, n);
+        else index_insert(ix, mine, n - 1);
+    } else if (n >= PJ_INDEX_THRESHOLD) {
+        index_rebuild(ix, mine, n);
+    }
+}
+
+/* Pops the members above base into obj (exactly sized), or frees them. */
+static void close_object(parser *p, size_t base, pj_value *obj)
+{
+    size_t n = p->n_members - base;
+    if (n) {
+        obj->u.object.members = p_alloc(p, n * sizeof(pj_member));
+        memcpy(obj->u.object.members, p->members + base, n * sizeof(pj_member));
+    }
+    obj->u.object.len = obj->u.object.cap = n;
+    p->n_members = base;
+}
+
+static void drop_members(parser *p, size_t base)
+{
+    for (size_t i = base; i < p->n_members; i++) {
+        p_free_str(p, p->members[i].key.ptr);
+        p_free_value(p, p->members[i].value);
+    }
+    p->n_members = base;
 }
 
 static pj_value *parse_object(parser *p, size_t idx, size_t *next)
 {
-    pj_value *obj = pj_new_object();
+    size_t base = p->n_members;
     key_index ix = {NULL, 0};
+    uint64_t seen = 0;
     idx = skip_ws(p, idx);
     if (idx >= p->len || p->s[idx] != '}') {
         for (;;) {
@@ -694,23 +1020,24 @@ static pj_value *parse_object(parser *p, size_t idx, size_t *next)
                 error_at(p, "Expecting property name enclosed in double quotes", idx);
                 goto fail;
             }
-            size_t after = scan_string(p, idx + 1);
+            const char *ktext;
+            size_t klen;
+            size_t after = scan_string(p, idx + 1, &ktext, &klen);
             if (after == (size_t)-1) goto fail;
-            size_t klen = p->scratch.len;
-            char *key = xstrndup(p->scratch.data ? p->scratch.data : "", klen);
+            char *key = ktext ? p_strndup(p, ktext, klen) : p_slice(p, idx + 1, klen);
             idx = skip_ws(p, after);
             if (idx >= p->len || p->s[idx] != ':') {
-                free(key);
+                p_free_str(p, key);
                 error_at(p, "Expecting ':' delimiter", idx);
                 goto fail;
             }
             idx = skip_ws(p, idx + 1);
             pj_value *val = parse_value(p, idx, &idx);
             if (!val) {
-                free(key);
+                p_free_str(p, key);
                 goto fail;
             }
-            object_put(obj, &ix, key, klen, val);
+            object_put(p, base, &ix, &seen, key, klen, val);
             idx = skip_ws(p, idx);
             if (idx < p->len && p->s[idx] == '}') break;
             if (idx >= p->len || p->s[idx] != ',') {
@@ -721,36 +1048,54 @@ static pj_value *parse_object(parser *p, size_t idx, size_t *next)
         }
     }
     free(ix.slots);
+    pj_value *obj = p_value(p, PJ_OBJECT);
+    close_object(p, base, obj);
     *next = idx + 1;
     return obj;
 fail:
     free(ix.slots);
-    pj_free(obj);
+    drop_members(p, base);
     return NULL;
+}
+
+static void drop_items(parser *p, size_t base)
+{
+    for (size_t i = base; i < p->n_items; i++) p_free_value(p, p->items[i]);
+    p->n_items = base;
 }
 
 static pj_value *parse_array(parser *p, size_t idx, size_t *next)
 {
-    pj_value *arr = pj_new_array();
+    size_t base = p->n_items;
     idx = skip_ws(p, idx);
     if (idx >= p->len || p->s[idx] != ']') {
         for (;;) {
             pj_value *val = parse_value(p, idx, &idx);
             if (!val) {
-                pj_free(arr);
+                drop_items(p, base);
                 return NULL;
             }
-            pj_array_append(arr, val);
+            if (p->n_items == p->cap_items)
+                p->items = stack_grow(p->items, p->items_inline, &p->cap_items, sizeof *p->items);
+            p->items[p->n_items++] = val;
             idx = skip_ws(p, idx);
             if (idx < p->len && p->s[idx] == ']') break;
             if (idx >= p->len || p->s[idx] != ',') {
                 error_at(p, "Expecting ',' delimiter", idx);
-                pj_free(arr);
+                drop_items(p, base);
                 return NULL;
             }
             idx = skip_ws(p, idx + 1);
         }
     }
+    pj_value *arr = p_value(p, PJ_ARRAY);
+    size_t n = p->n_items - base;
+    if (n) {
+        arr->u.array.items = p_alloc(p, n * sizeof(pj_value *));
+        memcpy(arr->u.array.items, p->items + base, n * sizeof(pj_value *));
+    }
+    arr->u.array.len = arr->u.array.cap = n;
+    p->n_items = base;
     *next = idx + 1;
     return arr;
 }
@@ -772,39 +1117,70 @@ static pj_value *parse_container(parser *p, size_t idx, size_t *next)
     return v;
 }
 
+static pj_value *parse_literal(parser *p, pj_type type)
+{
+    return p_value(p, type);
+}
+
 static pj_value *parse_value(parser *p, size_t idx, size_t *next)
 {
     if (idx >= p->len) {
         error_at(p, "Expecting value", idx);
         return NULL;
     }
+    pj_value *v;
     switch (p->s[idx]) {
     case '"': {
-        size_t after = scan_string(p, idx + 1);
+        const char *text;
+        size_t n;
+        size_t after = scan_string(p, idx + 1, &text, &n);
         if (after == (size_t)-1) return NULL;
         *next = after;
-        return pj_new_stringn(p->scratch.data ? p->scratch.data : "", p->scratch.len);
+        v = p_value(p, PJ_STRING);
+        v->u.string.ptr = text ? p_strndup(p, text, n) : p_slice(p, idx + 1, n);
+        v->u.string.len = n;
+        return v;
     }
     case '{':
     case '[':
         return parse_container(p, idx, next);
     case 'n':
-        if (literal_at(p, idx, "null")) { *next = idx + 4; return pj_new_null(); }
+        if (literal_at(p, idx, "null")) { *next = idx + 4; return parse_literal(p, PJ_NULL); }
         break;
     case 't':
-        if (literal_at(p, idx, "true")) { *next = idx + 4; return pj_new_bool(1); }
+        if (literal_at(p, idx, "true")) {
+            *next = idx + 4;
+            v = parse_literal(p, PJ_BOOL);
+            v->u.boolean = 1;
+            return v;
+        }
         break;
     case 'f':
-        if (literal_at(p, idx, "false")) { *next = idx + 5; return pj_new_bool(0); }
+        if (literal_at(p, idx, "false")) { *next = idx + 5; return parse_literal(p, PJ_BOOL); }
         break;
     case 'N':
-        if (literal_at(p, idx, "NaN")) { *next = idx + 3; return pj_new_float(NAN); }
+        if (literal_at(p, idx, "NaN")) {
+            *next = idx + 3;
+            v = parse_literal(p, PJ_FLOAT);
+            v->u.number = NAN;
+            return v;
+        }
         break;
     case 'I':
-        if (literal_at(p, idx, "Infinity")) { *next = idx + 8; return pj_new_float(INFINITY); }
+        if (literal_at(p, idx, "Infinity")) {
+            *next = idx + 8;
+            v = parse_literal(p, PJ_FLOAT);
+            v->u.number = INFINITY;
+            return v;
+        }
         break;
     case '-':
-        if (literal_at(p, idx, "-Infinity")) { *next = idx + 9; return pj_new_float(-INFINITY); }
+        if (literal_at(p, idx, "-Infinity")) {
+            *next = idx + 9;
+            v = parse_literal(p, PJ_FLOAT);
+            v->u.number = -INFINITY;
+            return v;
+        }
         break;
     default:
         break;
@@ -814,40 +1190,111 @@ static pj_value *parse_value(parser *p, size_t idx, size_t *next)
 
 /* json.loads(str) of UTF-8 text: the bytes are first decoded as bytes.decode()
  * would (and fail as it would), then parsed as JSONDecoder.decode does. */
-pj_value *pj_parse(const char *text, size_t len, pj_error *err)
+static pj_value *parse_text(parser *p)
 {
+    const char *text = p->s;
+    size_t len = p->len;
     const unsigned char *u = (const unsigned char *)text;
-    for (size_t i = 0; i < len;) {
-        const char *why = NULL;
-        size_t n = utf8_valid_seq(u + i, len - i, &why);
-        if (n == 0) {
-            if (err) {
-                err->offset = i;
-                snprintf(err->msg, sizeof err->msg,
-                         "'utf-8' codec can't decode byte 0x%02x in position %zu: %s",
-                         u[i], i, why);
-            }
-            return NULL;
+    const char *why = NULL;
+    size_t bad = utf8_check(u, len, &why);
+    if (bad < len) {
+        if (p->err) {
+            p->err->offset = bad;
+            snprintf(p->err->msg, sizeof p->err->msg,
+                     "'utf-8' codec can't decode byte 0x%02x in position %zu: %s",
+                     u[bad], bad, why);
         }
-        i += n;
+        return NULL;
     }
-    parser p = {text, len, 0, err, BUF_INIT};
     if (len >= 3 && memcmp(text, "\xEF\xBB\xBF", 3) == 0) {
-        error_at(&p, "Unexpected UTF-8 BOM (decode using utf-8-sig)", 0);
+        error_at(p, "Unexpected UTF-8 BOM (decode using utf-8-sig)", 0);
         return NULL;
     }
     size_t next = 0;
-    pj_value *v = parse_value(&p, skip_ws(&p, 0), &next);
+    pj_value *v = parse_value(p, skip_ws(p, 0), &next);
     if (v) {
-        next = skip_ws(&p, next);
+        next = skip_ws(p, next);
         if (next != len) {
-            error_at(&p, "Extra data", next);
-            pj_free(v);
+            error_at(p, "Extra data", next);
+            p_free_value(p, v);
             v = NULL;
         }
     }
-    buf_free(&p.scratch);
     return v;
+}
+
+static void parser_init(parser *p, const char *text, size_t len, pj_error *err, pj_doc *doc)
+{
+    p->s = text;
+    p->len = len;
+    p->depth = 0;
+    p->err = err;
+    p->doc = doc;
+    p->copy = NULL;
+    if (doc) {
+        p->copy = arena_alloc(doc, len + 1);   /* +1: a value may end the input */
+        memcpy(p->copy, text, len);
+    }
+    buf_init(&p->scratch);
+    p->items = p->items_inline;
+    p->members = p->members_inline;
+    p->n_items = p->n_members = 0;
+    p->cap_items = p->cap_members = PJ_STACK_INLINE;
+}
+
+static void parser_deinit(parser *p)
+{
+    buf_free(&p->scratch);
+    if (p->items != p->items_inline) free(p->items);
+    if (p->members != p->members_inline) free(p->members);
+}
+
+pj_value *pj_parse(const char *text, size_t len, pj_error *err)
+{
+    parser p;
+    parser_init(&p, text, len, err, NULL);
+    pj_value *v = parse_text(&p);
+    parser_deinit(&p);
+    return v;
+}
+
+/* First block: the doc, then 4x the input (measured on the telemetry
+ * events: the copy of the input and the tree take ~3.2x the JSON text), so
+ * one block usually holds everything. */
+#define PJ_DOC_FIRST_CHUNK(len) (4 * (len) + 256)
+
+pj_doc *pj_doc_parse(const char *text, size_t len, pj_error *err)
+{
+    pj_chunk *first = chunk_new(PJ_DOC_FIRST_CHUNK(len), NULL);
+    pj_doc *d = (pj_doc *)first->data;
+    first->used = (sizeof *d + 7) & ~(size_t)7;
+    d->chunks = first;
+    d->root = NULL;
+    parser p;
+    parser_init(&p, text, len, err, d);
+    d->root = parse_text(&p);
+    parser_deinit(&p);
+    if (!d->root) {
+        pj_doc_free(d);
+        return NULL;
+    }
+    return d;
+}
+
+const pj_value *pj_doc_root(const pj_doc *doc)
+{
+    return doc->root;
+}
+
+void pj_doc_free(pj_doc *doc)
+{
+    if (!doc) return;
+    pj_chunk *c = doc->chunks;     /* doc lives in the last chunk of the list */
+    while (c) {
+        pj_chunk *next = c->next;
+        free(c);
+        c = next;
+    }
 }
 
 /* ---- float repr ------------------------------------------------------------
@@ -981,7 +1428,27 @@ void pj_float_repr(buf *out, double d)
     }
 }
 
-/* ---- json.dumps ------------------------------------------------------------- */
+/* ---- json.dumps -------------------------------------------------------------
+ * Output goes through out_bytes/out_char, which inline the common case (room
+ * left) of buf_append: a payload dump is dozens of tiny appends, and the
+ * out-of-line call was a fifth of its cost (bench/micro/event_cost.c). */
+
+static inline void out_bytes(buf *out, const char *p, size_t n)
+{
+    if (out->len + n >= out->cap) buf_reserve(out, n);
+    memcpy(out->data + out->len, p, n);
+    out->len += n;
+    out->data[out->len] = '\0';
+}
+
+static inline void out_char(buf *out, char c)
+{
+    if (out->len + 1 >= out->cap) buf_reserve(out, 1);
+    out->data[out->len++] = c;
+    out->data[out->len] = '\0';
+}
+
+#define OUT_LIT(out, lit) out_bytes(out, lit, sizeof(lit) - 1)
 
 static const char hexdig[] = "0123456789abcdef";
 
@@ -989,34 +1456,42 @@ static void put_u4(buf *out, uint32_t u)
 {
     char t[6] = {'\\', 'u', hexdig[(u >> 12) & 15], hexdig[(u >> 8) & 15],
                  hexdig[(u >> 4) & 15], hexdig[u & 15]};
-    buf_append(out, t, 6);
+    out_bytes(out, t, 6);
 }
 
 /* py_encode_basestring_ascii: runs of plain ASCII are copied in one append. */
 static void dump_string(buf *out, const char *s, size_t len)
 {
     const unsigned char *u = (const unsigned char *)s;
-    buf_reserve(out, len + 2);
-    buf_putc(out, '"');
-    size_t i = 0;
+    if (out->len + len + 2 >= out->cap) buf_reserve(out, len + 2);
+    size_t i = find_dump_special(s, 0, len);
+    if (i == len) {                      /* plain ASCII: the usual key or value */
+        char *w = out->data + out->len;
+        w[0] = '"';
+        memcpy(w + 1, s, len);
+        w[len + 1] = '"';
+        w[len + 2] = '\0';
+        out->len += len + 2;
+        return;
+    }
+    out_char(out, '"');
+    if (i) out_bytes(out, s, i);
     while (i < len) {
-        size_t run = i;
-        while (run < len && u[run] >= 0x20 && u[run] < 0x7F && u[run] != '"' && u[run] != '\\')
-            run++;
+        size_t run = find_dump_special(s, i, len);
         if (run > i) {
-            buf_append(out, s + i, run - i);
+            out_bytes(out, s + i, run - i);
             i = run;
             if (i >= len) break;
         }
         unsigned char c = u[i];
         switch (c) {
-        case '"': buf_puts(out, "\\\""); i++; continue;
-        case '\\': buf_puts(out, "\\\\"); i++; continue;
-        case '\n': buf_puts(out, "\\n"); i++; continue;
-        case '\r': buf_puts(out, "\\r"); i++; continue;
-        case '\t': buf_puts(out, "\\t"); i++; continue;
-        case '\b': buf_puts(out, "\\b"); i++; continue;
-        case '\f': buf_puts(out, "\\f"); i++; continue;
+        case '"': OUT_LIT(out, "\\\""); i++; continue;
+        case '\\': OUT_LIT(out, "\\\\"); i++; continue;
+        case '\n': OUT_LIT(out, "\\n"); i++; continue;
+        case '\r': OUT_LIT(out, "\\r"); i++; continue;
+        case '\t': OUT_LIT(out, "\\t"); i++; continue;
+        case '\b': OUT_LIT(out, "\\b"); i++; continue;
+        case '\f': OUT_LIT(out, "\\f"); i++; continue;
         default: break;
         }
         size_t used;
@@ -1030,7 +1505,7 @@ static void dump_string(buf *out, const char *s, size_t len)
             put_u4(out, cp);
         }
     }
-    buf_putc(out, '"');
+    out_char(out, '"');
 }
 
 /* Code point order (Python's str ordering) equals byte order of WTF-8:
@@ -1051,52 +1526,78 @@ static int member_ptr_cmp(const void *x, const void *y)
     return key_cmp(&a->key, &b->key);
 }
 
+/* Keys of one object are distinct, so any correct sort gives the same order.
+ * Small objects (the usual payload has 2-5 keys) use insertion sort: qsort's
+ * set-up and indirect compares cost more than the sorting itself there. */
+static void sort_members(const pj_member **order, size_t n)
+{
+    if (n > PJ_SORT_STACK_MEMBERS) {
+        qsort(order, n, sizeof *order, member_ptr_cmp);
+        return;
+    }
+    for (size_t i = 1; i < n; i++) {
+        const pj_member *m = order[i];
+        size_t j = i;
+        for (; j > 0 && key_cmp(&order[j - 1]->key, &m->key) > 0; j--) order[j] = order[j - 1];
+        order[j] = m;
+    }
+}
+
 static void dump_value(buf *out, const pj_value *v, int flags);
 
 static void dump_object(buf *out, const pj_value *v, int flags)
 {
     size_t n = v->u.object.len;
-    if (n == 0) { buf_puts(out, "{}"); return; }
-    const char *item_sep = (flags & PJ_DUMP_COMPACT) ? "," : ", ";
-    const char *key_sep = (flags & PJ_DUMP_COMPACT) ? ":" : ": ";
+    if (n == 0) { OUT_LIT(out, "{}"); return; }
+    int compact = flags & PJ_DUMP_COMPACT;
     const pj_member *stack_order[PJ_SORT_STACK_MEMBERS];
     const pj_member **order = NULL;
     if (flags & PJ_DUMP_SORT_KEYS) {
         order = n <= PJ_SORT_STACK_MEMBERS ? stack_order : xmalloc(n * sizeof *order);
         for (size_t i = 0; i < n; i++) order[i] = &v->u.object.members[i];
-        qsort(order, n, sizeof *order, member_ptr_cmp);
+        sort_members(order, n);
     }
-    buf_putc(out, '{');
+    out_char(out, '{');
     for (size_t i = 0; i < n; i++) {
         const pj_member *m = order ? order[i] : &v->u.object.members[i];
-        if (i) buf_puts(out, item_sep);
+        if (i) {
+            if (compact) out_char(out, ',');
+            else OUT_LIT(out, ", ");
+        }
         dump_string(out, m->key.ptr, m->key.len);
-        buf_puts(out, key_sep);
+        if (compact) out_char(out, ':');
+        else OUT_LIT(out, ": ");
         dump_value(out, m->value, flags);
     }
-    buf_putc(out, '}');
+    out_char(out, '}');
     if (order && order != stack_order) free(order);
 }
 
 static void dump_value(buf *out, const pj_value *v, int flags)
 {
     switch (v->type) {
-    case PJ_NULL: buf_puts(out, "null"); break;
-    case PJ_BOOL: buf_puts(out, v->u.boolean ? "true" : "false"); break;
-    case PJ_INT: buf_puts(out, v->u.int_text); break;
+    case PJ_NULL: OUT_LIT(out, "null"); break;
+    case PJ_BOOL:
+        if (v->u.boolean) OUT_LIT(out, "true");
+        else OUT_LIT(out, "false");
+        break;
+    case PJ_INT: out_bytes(out, v->u.int_text, strlen(v->u.int_text)); break;
     case PJ_FLOAT:
-        if (isnan(v->u.number)) buf_puts(out, "NaN");
+        if (isnan(v->u.number)) OUT_LIT(out, "NaN");
         else if (isinf(v->u.number)) buf_puts(out, v->u.number < 0 ? "-Infinity" : "Infinity");
         else pj_float_repr(out, v->u.number);
         break;
     case PJ_STRING: dump_string(out, v->u.string.ptr, v->u.string.len); break;
     case PJ_ARRAY:
-        buf_putc(out, '[');
+        out_char(out, '[');
         for (size_t i = 0; i < v->u.array.len; i++) {
-            if (i) buf_puts(out, (flags & PJ_DUMP_COMPACT) ? "," : ", ");
+            if (i) {
+                if (flags & PJ_DUMP_COMPACT) out_char(out, ',');
+                else OUT_LIT(out, ", ");
+            }
             dump_value(out, v->u.array.items[i], flags);
         }
-        buf_putc(out, ']');
+        out_char(out, ']');
         break;
     case PJ_OBJECT: dump_object(out, v, flags); break;
     }
