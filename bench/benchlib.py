@@ -116,7 +116,9 @@ class Services:
         stop_pid(self.ch_pid, 60)
         stop_pid(self.redis_pid, 20)
         self.ch_pid = self.redis_pid = None
-        subprocess.run(["rm", "-rf", self.tmp])
+        # Thousands of small ClickHouse parts: removing them can take minutes on
+        # a busy disk, and nothing waits for it.
+        subprocess.Popen(["rm", "-rf", self.tmp], start_new_session=True)
 
     @property
     def redis_url(self):

@@ -33,6 +33,11 @@ int ch_chdb_load(ch_error *err);
 ch_chdb *ch_chdb_open(const char *url, ch_error *err);
 void ch_chdb_close(ch_chdb *db);
 
+/* The client's total timeout, as the session's max_execution_time (a
+ * statement running longer fails with TIMEOUT_EXCEEDED, code 159, transient).
+ * There is no connect phase, so the connect timeout has no equivalent. */
+void ch_chdb_set_timeout(ch_chdb *db, long total_ms);
+
 /* The ?database= of the URL, or NULL. */
 const char *ch_chdb_database(const ch_chdb *db);
 

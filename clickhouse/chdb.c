@@ -87,9 +87,28 @@ static int bind_symbols(void *h, const char *path, ch_error *err)
     return 0;
 }
 
+/* GCC defines this under -fsanitize=address (clang: __has_feature). */
+#if defined(__SANITIZE_ADDRESS__)
+#define CH_CHDB_UNDER_ASAN 1
+#elif defined(__has_feature)
+#if __has_feature(address_sanitizer)
+#define CH_CHDB_UNDER_ASAN 1
+#endif
+#endif
+
 static int load_locked(ch_error *err)
 {
     if (api.handle != NULL) return 0;
+#ifdef CH_CHDB_UNDER_ASAN
+    /* Measured with chDB 26.5.3, GCC 12, glibc 2.36: dlopen dies in the
+     * library's initializers (its __pthread_mutex_lock calls reach libasan's
+     * interceptor, whose real function is NULL on glibc >= 2.34), and with
+     * that worked around the two allocators mix and abort. Refuse cleanly. */
+    ch_error_set(err, 0, 0, 0, "chDB cannot run in this AddressSanitizer build (libchdb.so "
+                 "crashes when loaded under ASan): use a build configured without "
+                 "-Db_sanitize=address for chdb:// URLs");
+    return -1;
+#endif
     const char *env = getenv(CH_CHDB_LIB_ENV);
     static const char *const defaults[] = CH_CHDB_LIB_DEFAULTS;
     const char *const *cand = defaults;
@@ -207,7 +226,8 @@ ch_chdb *ch_chdb_open(const char *url, ch_error *err)
     if (conn == NULL) {
         /* The API gives no reason; the usual ones are below. */
         ch_error_set(err, 0, 0, 0, "chDB: cannot open a session on %s (unwritable directory, or "
-                     "this process already has a session on another path)", path);
+                     "it is held by another process, or this process has a session on another "
+                     "path: one process per data directory)", path);
         free(path);
         free(database);
         return NULL;
@@ -233,6 +253,18 @@ void ch_chdb_close(ch_chdb *db)
 }
 
 const char *ch_chdb_database(const ch_chdb *db) { return db->database; }
+
+static int run(ch_chdb *db, const char *sql, size_t len, buf *out, ch_error *err);
+
+void ch_chdb_set_timeout(ch_chdb *db, long total_ms)
+{
+    char sql[80];
+    int n = snprintf(sql, sizeof(sql), "SET max_execution_time = %.3f", (double)total_ms / 1000);
+    ch_error err;
+    if (run(db, sql, (size_t)n, NULL, &err) != 0)
+        log_warning("chDB session on %s: cannot set the %ld ms timeout (%s); statements run "
+                    "without one", db->path, total_ms, err.msg);
+}
 
 /* ---- Statements ----------------------------------------------------------------- */
 

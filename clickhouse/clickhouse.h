@@ -82,7 +82,8 @@ typedef struct ch_client ch_client;
  * Or chdb://PATH[?database=NAME]: ClickHouse in-process (chDB, chdb.c),
  * libchdb.so loaded from $PTEL_CHDB_LIB or ./var/chdb (tests/chdb/fetch.sh)
  * and a session opened on the data directory PATH here, so this form does
- * I/O and fails when the library is missing. Timeouts and gzip do not apply. */
+ * I/O and fails when the library is missing. The total timeout becomes the
+ * session's max_execution_time; the connect timeout and gzip do not apply. */
 ch_client *ch_client_new(const char *url, ch_error *err);
 void ch_client_free(ch_client *c);
 

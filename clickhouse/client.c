@@ -507,6 +507,7 @@ static ch_client *chdb_client_new(const char *url, ch_error *err)
     c->redacted = xstrdup(url);   /* a path, no credentials */
     c->database = ch_chdb_database(db) ? xstrdup(ch_chdb_database(db)) : NULL;
     c->version_major = c->version_minor = -1;
+    ch_chdb_set_timeout(db, CH_TOTAL_TIMEOUT_MS_DEFAULT);
     return c;
 }
 
@@ -581,6 +582,7 @@ void ch_client_set_timeouts(ch_client *c, long connect_ms, long total_ms)
 {
     if (connect_ms > 0) c->connect_ms = connect_ms;
     if (total_ms > 0) c->total_ms = total_ms;
+    if (total_ms > 0 && c->chdb != NULL) ch_chdb_set_timeout(c->chdb, total_ms);
 }
 
 void ch_client_set_gzip_threshold(ch_client *c, size_t bytes) { c->gzip_threshold = bytes; }

@@ -18,6 +18,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/wait.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "clickhouse/ch_chdb.h"
@@ -88,9 +89,20 @@ static long long count_of(ch_client *c, const char *table)
     return n;
 }
 
-/* 2024-03-01 00:00:00 UTC: the dashboard window starts here. */
-#define T0_S 1709251200LL
+/* Midnight UTC 30 days ago: the dashboard window starts here. Rows are
+ * dated from it, not from a fixed date, because the production table's TTL
+ * (180 days) makes the engine delete older rows in background merges. */
 #define DAY_S 86400LL
+static int64_t T0_S;
+
+/* "YYYY-MM-DD" (len 10) or "YYYY-MM-DD hh:mm:ss" of epoch seconds, UTC. */
+static void utc_text(int64_t s, int with_time, char *out, size_t n)
+{
+    time_t t = (time_t)s;
+    struct tm tm;
+    gmtime_r(&t, &tm);
+    strftime(out, n, with_time ? "%Y-%m-%d %H:%M:%S" : "%Y-%m-%d", &tm);
+}
 
 static event_row simple_row(const char *event_id, int64_t occurred_at_us)
 {
@@ -144,6 +156,22 @@ START_TEST(test_version_is_modern_and_query_answers_tsv)
     ch_client_stats_get(c, &st);
     ck_assert_uint_eq(st.requests, 2);
     ck_assert_uint_eq(st.failures, 0);
+    ch_client_free(c);
+}
+END_TEST
+
+START_TEST(test_total_timeout_is_a_transient_159)
+{
+    ch_client *c = client_for(url);
+    ch_client_set_timeouts(c, 0, 300);
+    ch_error err;
+    ck_assert_int_eq(ch_query(c, "SELECT sleep(2)", NULL, &err), -1);
+    ck_assert_int_eq(err.code, CH_ERR_TIMEOUT_EXCEEDED);
+    ck_assert_int_eq(err.transient, 1);
+    ch_client_set_timeouts(c, 0, 60000);
+    buf out = BUF_INIT;
+    must(ch_query(c, "SELECT sleep(0.5)", &out, &err), &err);
+    buf_free(&out);
     ch_client_free(c);
 }
 END_TEST
@@ -274,17 +302,15 @@ static void roundtrip_ms(ch_format format)
     event_row r = simple_row("ms", occurred);
     r.route_pattern = NULL;
     ck_assert_int_eq(ch_batch_add(b, &r, ingested), 0);
-    /* Before the epoch: floor, not truncation toward zero. */
-    event_row old = simple_row("old", -1500);
-    ck_assert_int_eq(ch_batch_add(b, &old, ingested), 0);
     ch_error err;
     must(ch_insert(c, t, b, NULL, &err), &err);
     char *got = query1(c, "SELECT occurred_at, toUnixTimestamp64Milli(occurred_at), ingested_at, "
                        "route_pattern IS NULL FROM %s WHERE event_id = 'ms'", t);
-    ck_assert_str_eq(got, "2024-03-01 01:02:03.123\t1709254923123\t2024-03-01 02:00:00.999\t1");
-    free(got);
-    got = query1(c, "SELECT toUnixTimestamp64Milli(occurred_at) FROM %s WHERE event_id = 'old'", t);
-    ck_assert_str_eq(got, "-2");
+    char t1[32], t2[32], want[128];
+    utc_text(T0_S + 3723, 1, t1, sizeof(t1));
+    utc_text(T0_S + 7200, 1, t2, sizeof(t2));
+    snprintf(want, sizeof(want), "%s.123\t%lld\t%s.999\t1", t1, (long long)(T0_S + 3723) * 1000 + 123, t2);
+    ck_assert_str_eq(got, want);
     free(got);
     ch_batch_free(b);
     drop_table(c, t);
@@ -523,7 +549,7 @@ static void dash_expected(const char *section, dash_expect *e)
         char k0[16], k1[16], k2[16];
         dash_line *l = NULL;
         if (strcmp(section, "daily_active_users") == 0) {
-            snprintf(k0, sizeof(k0), "2024-03-%02d", g.day + 1);
+            utc_text(T0_S + g.day * DAY_S, 0, k0, sizeof(k0));
             l = dash_group(e, 1, k0, NULL, NULL);
         } else if (strcmp(section, "top_routes") == 0 && g.name == 0) {
             dash_route(&g, k0, sizeof(k0));
@@ -688,6 +714,12 @@ START_TEST(test_dashboard_queries_match_generated_rows)
     char *file = read_file(path);
     char org_lit[80];
     snprintf(org_lit, sizeof(org_lit), "'%s'", dash_org);
+    char start_lit[16], end_lit[16];
+    utc_text(T0_S, 0, start_lit + 1, sizeof(start_lit) - 2);
+    utc_text(T0_S + 30 * DAY_S, 0, end_lit + 1, sizeof(end_lit) - 2);
+    start_lit[0] = end_lit[0] = '\'';
+    strcat(start_lit, "'");
+    strcat(end_lit, "'");
     static const char *const sections[] = {"daily_active_users", "top_routes", "features",
                                            "filters", "charts", "client_errors", "session_summary"};
     size_t found = 0;
@@ -706,8 +738,8 @@ START_TEST(test_dashboard_queries_match_generated_rows)
         found++;
         buf a = BUF_INIT, b2 = BUF_INIT, sql = BUF_INIT, out = BUF_INIT;
         replace_all(&a, stmt, "{org_id_hash:String}", org_lit);
-        replace_all(&b2, buf_cstr(&a), "{start_date:String}", "'2024-03-01'");
-        replace_all(&sql, buf_cstr(&b2), "{end_date:String}", "'2024-03-31'");
+        replace_all(&b2, buf_cstr(&a), "{start_date:String}", start_lit);
+        replace_all(&sql, buf_cstr(&b2), "{end_date:String}", end_lit);
         buf_puts(&sql, "\nFORMAT TabSeparated");
         must(ch_query(c, buf_cstr(&sql), &out, &err), &err);
         dash_expect e;
@@ -733,6 +765,7 @@ static Suite *chdb_suite(void)
     tcase_add_test(tc, test_missing_library_names_the_fetch_script);
     tcase_add_test(tc, test_url_forms);
     tcase_add_test(tc, test_version_is_modern_and_query_answers_tsv);
+    tcase_add_test(tc, test_total_timeout_is_a_transient_159);
     tcase_add_test(tc, test_errors_carry_clickhouse_codes_and_verdicts);
     tcase_add_test(tc, test_ddl_settings_only_where_the_token_exists);
     tcase_add_test(tc, test_production_ddl_applied);
@@ -804,6 +837,7 @@ int main(void)
         return 1;
     }
     snprintf(url, sizeof(url), "chdb://%s", data_dir);
+    T0_S = ((int64_t)time(NULL) / DAY_S - 30) * DAY_S;
     SRunner *sr = srunner_create(chdb_suite());
     srunner_run_all(sr, CK_NORMAL);
     int failed = srunner_ntests_failed(sr);
