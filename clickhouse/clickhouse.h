@@ -184,6 +184,49 @@ typedef struct ch_retention_report {
 int ch_retention_enforce(ch_client *c, const char *table, int days, int64_t now_us,
                          ch_retention_report *out, ch_error *err);
 
+/* ---- Rollups (rollups.c) ------------------------------------------------------ */
+
+/* Daily aggregate rollups of `table` for trends past the raw TTL: tables
+ * <table>_rollup_{events,features,filters,charts,errors,sessions}
+ * (AggregatingMergeTree, uniqExact/quantiles/avg/count states) fed by
+ * materialized views <...>_mv. rollups.c's top comment has the layout. */
+#define CH_ROLLUP_TTL_DAYS_DEFAULT 730
+#define CH_ROLLUP_TOP_ROUTES 25     /* the dashboard's LIMIT on routes */
+
+/* Every CREATE TABLE / CREATE MATERIALIZED VIEW IF NOT EXISTS statement for
+ * a server of this version, each followed by ";\n\n". TTL (day + ttl_days)
+ * on >= 19.6 only. ch_rollups_backfill_sql: the backfill INSERT ... SELECT
+ * statements for rows with ingested_at < cutoff_s (< 0: the letter T). */
+void ch_rollups_ddl(int major, int minor, const char *table, int ttl_days, buf *out);
+void ch_rollups_backfill_sql(int major, const char *table, int64_t cutoff_s, buf *out);
+
+typedef struct ch_rollup_result {
+    size_t created;            /* views created now (0: all existed) */
+    int ttl;                   /* 1: tables have a TTL; 0: use ch_rollup_retention_enforce */
+    int backfill_skipped;      /* backfill asked, but every view already existed */
+    size_t backfilled;         /* rollups filled from the raw table */
+    int64_t backfill_cutoff_s; /* raw rows with ingested_at before this were backfilled */
+    uint64_t backfill_rows;    /* raw rows below the cutoff */
+} ch_rollup_result;
+
+/* The raw table (ch_schema_apply), then the rollup tables and views.
+ * Idempotent. With backfill, the views this call created are filled from the
+ * raw rows inserted before them (exact when no drain inserts meanwhile);
+ * views that existed before are never backfilled again. */
+int ch_rollups_apply(ch_client *c, const char *table, int ttl_days, int backfill,
+                     ch_rollup_result *out, ch_error *err);
+/* *all = 1 when every rollup table exists. */
+int ch_rollups_exist(ch_client *c, const char *table, int *all, ch_error *err);
+/* Servers without TTL: drop the rollups' month partitions wholly older than
+ * now - days. Does nothing where the tables have a TTL. */
+int ch_rollup_retention_enforce(ch_client *c, const char *table, int days, int64_t now_us,
+                                size_t *partitions_dropped, ch_error *err);
+/* The SELECT for one dashboard section ("daily_active_users", "top_routes",
+ * "feature_views", "filter_changes", "chart_interactions", "client_errors",
+ * "session_summary") from the rollups, with the same columns as the raw
+ * query; `where` filters on org_id_hash and day. -1 for an unknown section. */
+int ch_rollup_section_sql(const char *section, const char *table, const char *where, buf *out);
+
 /* ---- Encoding and insert (encode.c) ----------------------------------------- */
 
 typedef enum { CH_FORMAT_ROWBINARY, CH_FORMAT_JSONEACHROW } ch_format;

@@ -757,6 +757,120 @@ START_TEST(test_dashboard_queries_match_generated_rows)
 }
 END_TEST
 
+/* ---- Rollups (rollups.c) on the modern engine ------------------------------------------ */
+
+/* Rows [from, to) of the dashboard generator, inserted with ingested_at now. */
+static void dash_insert(ch_client *c, const char *t, int from, int to)
+{
+    ch_error err;
+    ch_table tab;
+    must(ch_table_describe(c, t, &tab, &err), &err);
+    ch_batch *b = ch_batch_new(&tab, ch_format_default());
+    for (int i = from; i < to; i++) {
+        dash_gen g = dash_row(i);
+        char id[32], sess[16], user[16], route[16], payload[160];
+        snprintf(id, sizeof(id), "ev-%d", i);
+        snprintf(sess, sizeof(sess), "sess-%d", g.session);
+        snprintf(user, sizeof(user), "anon-%d", g.user);
+        snprintf(route, sizeof(route), "/r%d", g.route);
+        dash_payload(&g, payload, sizeof(payload));
+        event_row r = {.org_id_hash = (char *)(g.other_org ? dash_other_org : dash_org),
+                       .event_id = id, .name = (char *)dash_names[g.name], .schema_version = "1",
+                       .session_id = sess, .anonymous_user_id = user,
+                       .route_pattern = g.route < 0 ? NULL : route, .payload_json = payload,
+                       .occurred_at_us = g.t_us, .source = "dev-health-web"};
+        ck_assert_int_eq(ch_batch_add(b, &r, (int64_t)time(NULL) * 1000000), 0);
+    }
+    must(ch_insert(c, t, b, NULL, &err), &err);
+    ch_batch_free(b);
+}
+
+/* Every dashboard section from the rollups equals the generator's answer. */
+static void rollups_check(ch_client *c, const char *t)
+{
+    static const char *const keys[] = {"daily_active_users", "top_routes", "feature_views",
+                                       "filter_changes", "chart_interactions", "client_errors",
+                                       "session_summary"};
+    static const char *const names[] = {"daily_active_users", "top_routes", "features",
+                                        "filters", "charts", "client_errors", "session_summary"};
+    char from[16], to[16], where[256];
+    utc_text(T0_S, 0, from, sizeof(from));
+    utc_text(T0_S + 30 * DAY_S, 0, to, sizeof(to));
+    snprintf(where, sizeof(where), "org_id_hash = '%s' AND day >= toDate('%s') AND day < toDate('%s')",
+             dash_org, from, to);
+    for (size_t s = 0; s < 7; s++) {
+        buf sql = BUF_INIT, out = BUF_INIT;
+        ck_assert_int_eq(ch_rollup_section_sql(keys[s], t, where, &sql), 0);
+        buf_puts(&sql, "\nFORMAT TabSeparated");
+        ch_error err;
+        must(ch_query(c, buf_cstr(&sql), &out, &err), &err);
+        dash_expect e;
+        dash_expected(names[s], &e);
+        dash_check(names[s], buf_cstr(&out), &e);
+        buf_free(&sql);
+        buf_free(&out);
+    }
+}
+
+START_TEST(test_rollups_ttl_backfill_and_views_match_generated_rows)
+{
+    char u[400];
+    snprintf(u, sizeof(u), "%s?database=ptel_rollups_%d", url, (int)getpid());
+    ch_client *c = client_for(u);
+    const char *t = "product_telemetry_events";
+    ch_error err;
+    must(ch_schema_apply(c, t, &err), &err);
+    dash_insert(c, t, 0, DASH_ROWS / 2);            /* before the views: backfill */
+    ch_rollup_result res;
+    must(ch_rollups_apply(c, t, 730, 1, &res, &err), &err);
+    ck_assert_int_eq(res.ttl, 1);
+    ck_assert_uint_eq(res.created, 6);
+    ck_assert_uint_eq(res.backfilled, 6);
+    ck_assert_uint_eq(res.backfill_rows, DASH_ROWS / 2);
+    dash_insert(c, t, DASH_ROWS / 2, DASH_ROWS);    /* after: the views */
+
+    char *engine = query1(c, "SELECT engine_full FROM system.tables WHERE database = "
+                             "currentDatabase() AND name = '%s_rollup_sessions'", t);
+    ck_assert_msg(strstr(engine, "AggregatingMergeTree") && strstr(engine, "TTL day + toIntervalDay(730)"),
+                  "%s", engine);
+    free(engine);
+    rollups_check(c, t);
+
+    /* Re-apply: nothing created, nothing counted twice; merged parts answer alike. */
+    must(ch_rollups_apply(c, t, 730, 1, &res, &err), &err);
+    ck_assert_uint_eq(res.created, 0);
+    ck_assert_int_eq(res.backfill_skipped, 1);
+    char *n = query1(c, "SELECT countMerge(events_state) FROM %s_rollup_events", t);
+    ck_assert_str_eq(n, "1200");
+    free(n);
+    static const char *const all[] = {"events", "features", "filters", "charts", "errors", "sessions"};
+    for (size_t i = 0; i < 6; i++) free(query1(c, "OPTIMIZE TABLE %s_rollup_%s FINAL", t, all[i]));
+    rollups_check(c, t);
+    size_t dropped = 9;
+    must(ch_rollup_retention_enforce(c, t, 730, (int64_t)time(NULL) * 1000000, &dropped, &err), &err);
+    ck_assert_uint_eq(dropped, 0);                   /* TTL does it here */
+    ch_client_free(c);
+}
+END_TEST
+
+START_TEST(test_rollup_ddl_has_ttl_only_from_19_6)
+{
+    buf a = BUF_INIT, b = BUF_INIT;
+    ch_rollups_ddl(18, 16, "t", 730, &a);
+    ch_rollups_ddl(26, 5, "t", 100, &b);
+    ck_assert_ptr_null(strstr(buf_cstr(&a), "TTL"));
+    ck_assert_ptr_nonnull(strstr(buf_cstr(&a), "visitParamExtractString(payload_json, 'feature')"));
+    ck_assert_ptr_nonnull(strstr(buf_cstr(&b), "TTL day + INTERVAL 100 DAY"));
+    ck_assert_ptr_nonnull(strstr(buf_cstr(&b), "JSONExtractString(payload_json, 'feature')"));
+    buf_free(&a);
+    buf_free(&b);
+    ch_error err;
+    ch_rollup_result res;
+    ck_assert_int_eq(ch_rollups_apply(NULL, "bad name", 730, 0, &res, &err), -1);
+    ck_assert_ptr_nonnull(strstr(err.msg, "not a valid table name"));
+}
+END_TEST
+
 static Suite *chdb_suite(void)
 {
     Suite *s = suite_create("clickhouse_chdb");
@@ -777,6 +891,8 @@ static Suite *chdb_suite(void)
     tcase_add_test(tc, test_dedup_token_needs_the_table_setting);
     tcase_add_test(tc, test_insert_range_inserts_only_the_slice);
     tcase_add_test(tc, test_dashboard_queries_match_generated_rows);
+    tcase_add_test(tc, test_rollups_ttl_backfill_and_views_match_generated_rows);
+    tcase_add_test(tc, test_rollup_ddl_has_ttl_only_from_19_6);
     suite_add_tcase(s, tc);
     return s;
 }

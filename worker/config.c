@@ -848,6 +848,7 @@ static const setting settings[] = {
     INT(telemetry_max_deliveries, 1, INT32_CAP),
     INT(telemetry_stream_refresh_s, 1, INT32_CAP),
     INT(telemetry_retention_days, 1, 36500),
+    INT(telemetry_rollup_ttl_days, 1, 36500),
     SECS(telemetry_backoff_max_s, 1),
 };
 #define NSETTINGS (sizeof settings / sizeof settings[0])
@@ -941,6 +942,7 @@ void config_init_defaults(ptel_config *cfg)
     cfg->telemetry_max_deliveries = 5;
     cfg->telemetry_stream_refresh_s = 30;
     cfg->telemetry_retention_days = 180;
+    cfg->telemetry_rollup_ttl_days = 730;   /* CH_ROLLUP_TTL_DAYS_DEFAULT */
     cfg->telemetry_backoff_max_s = 30;
     derive_defaults(cfg);
 }

@@ -151,6 +151,7 @@ typedef struct ptel_config {
     long long telemetry_max_deliveries;
     long long telemetry_stream_refresh_s;
     long long telemetry_retention_days;
+    long long telemetry_rollup_ttl_days;   /* schema apply --rollups */
     double telemetry_backoff_max_s;
 
     /* the dicts as written, for `inspect conf` (owned, NULL = not set) */

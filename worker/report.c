@@ -7,6 +7,10 @@
  * Does not own: the HTTP transport (clickhouse/), the table's DDL (`schema
  * apply`), or anything the worker writes.
  *
+ * --rollups (or a window older than the raw retention, when they exist)
+ * reads the daily rollups instead: clickhouse/rollups.c builds those
+ * sections' SQL, with the same columns, from a `day` window.
+ *
  * The queries are the platform's dashboard queries (dev_health_ops
  * product-telemetry dashboard, Python) with two deliberate additions: a
  * tie-breaking ORDER BY on the grouping keys, so equal counts always come
@@ -57,7 +61,7 @@ static void usage(FILE *out)
 {
     fprintf(out,
 "usage: ptel-worker report [--org-id ID | --org-hash HASH] [--from YYYY-MM-DD]\n"
-"                          [--to YYYY-MM-DD] [--json] [--config FILE]\n"
+"                          [--to YYYY-MM-DD] [--json] [--rollups] [--config FILE]\n"
 "\n"
 "Print the product-telemetry dashboard's sections from ClickHouse: daily active\n"
 "anonymous users, top route patterns, feature views, filter changes, chart\n"
@@ -70,6 +74,9 @@ static void usage(FILE *out)
 "  --from DATE        first day of the window, inclusive (default: --to minus 30 days)\n"
 "  --to DATE          end of the window, exclusive (default: tomorrow, so today counts)\n"
 "  --json             one JSON object with a key per section instead of tables\n"
+"  --rollups          read the daily rollups (`schema apply --rollups`) instead of the\n"
+"                     raw rows; done anyway, when they exist, for a window starting\n"
+"                     before the raw retention (telemetry_retention_days)\n"
 "  --config FILE      celeryconfig file (clickhouse_url, clickhouse_table)\n"
 "  -h, --help         this help\n"
 "\n"
@@ -83,12 +90,13 @@ typedef struct report_args {
     const char *org_hash;
     const char *from, *to;
     int json;
+    int rollups;
 } report_args;
 
 /* 0 ok, 1 --help printed, -1 usage error (message printed). */
 static int parse_args(int argc, char **argv, report_args *a)
 {
-    enum { OPT_CONFIG = 256, OPT_ORG_ID, OPT_ORG_HASH, OPT_FROM, OPT_TO, OPT_JSON };
+    enum { OPT_CONFIG = 256, OPT_ORG_ID, OPT_ORG_HASH, OPT_FROM, OPT_TO, OPT_JSON, OPT_ROLLUPS };
     static const struct option longopts[] = {
         {"config", required_argument, NULL, OPT_CONFIG},
         {"org-id", required_argument, NULL, OPT_ORG_ID},
@@ -96,6 +104,7 @@ static int parse_args(int argc, char **argv, report_args *a)
         {"from", required_argument, NULL, OPT_FROM},
         {"to", required_argument, NULL, OPT_TO},
         {"json", no_argument, NULL, OPT_JSON},
+        {"rollups", no_argument, NULL, OPT_ROLLUPS},
         {"help", no_argument, NULL, 'h'},
         {NULL, 0, NULL, 0},
     };
@@ -111,6 +120,7 @@ static int parse_args(int argc, char **argv, report_args *a)
         case OPT_FROM: a->from = optarg; break;
         case OPT_TO: a->to = optarg; break;
         case OPT_JSON: a->json = 1; break;
+        case OPT_ROLLUPS: a->rollups = 1; break;
         case 'h': usage(stdout); return 1;
         case ':':
             fprintf(stderr, "error: %s needs a value\n", argv[optind - 1]);
@@ -636,6 +646,50 @@ static void build_where(buf *w, const report_scope *s, int modern)
                       "occurred_at < toDateTime('%s 00:00:00', 'UTC')", s->from, s->to);
 }
 
+/* ---- Rollups (clickhouse/rollups.c) --------------------------------------------------- */
+
+/* The rollups are keyed by UTC day, and the window is whole UTC days, so
+ * [from, to) on `day` is the raw window exactly. */
+static void build_rollup_where(buf *w, const report_scope *s)
+{
+    if (s->has_org) buf_printf(w, "org_id_hash = '%s' AND ", s->org_hash);
+    buf_printf(w, "day >= toDate('%s') AND day < toDate('%s')", s->from, s->to);
+}
+
+/* Decide the source: rollups when asked (they must exist), or when the
+ * window starts before the raw retention and they exist. 0 ok, -1 error
+ * (printed). */
+static int use_rollups(ch_client *ch, const ptel_config *cfg, const report_args *a,
+                       const report_scope *s, int *rollups)
+{
+    int64_t from_s = 0, now = time_now_us() / USEC_PER_SEC;
+    int64_t raw_from = now - now % SEC_PER_DAY - cfg->telemetry_retention_days * SEC_PER_DAY;
+    int old = parse_day(s->from, &from_s) == 0 && from_s < raw_from;
+    *rollups = 0;
+    if (!a->rollups && !old) return 0;
+    int exist = 0;
+    ch_error err;
+    memset(&err, 0, sizeof err);
+    if (ch_rollups_exist(ch, cfg->clickhouse_table, &exist, &err) != 0) {
+        report_error(ch, cfg->clickhouse_table, a->config, "the rollup lookup", &err);
+        return -1;
+    }
+    if (exist) {
+        *rollups = 1;
+    } else if (a->rollups) {
+        fprintf(stderr, "error: the rollups of %s (%s_rollup_*) do not exist on ClickHouse at %s; "
+                "create them with `ptel-worker schema apply --rollups --backfill%s%s`\n",
+                cfg->clickhouse_table, cfg->clickhouse_table, ch_client_redacted_url(ch),
+                a->config ? " --config " : "", a->config ? a->config : "");
+        return -1;
+    } else {
+        fprintf(stderr, "warning: the window starts before the raw retention (%lld days), so raw "
+                "rows are missing from it; `ptel-worker schema apply --rollups` keeps daily "
+                "rollups for longer\n", cfg->telemetry_retention_days);
+    }
+    return 0;
+}
+
 static void print_text(const report_scope *s, const report_args *a, ch_client *ch,
                        const char *table, int major, int minor, pj_value *const *vals)
 {
@@ -694,6 +748,7 @@ int report_command(int argc, char **argv)
     int rc = 1;
     pj_value *vals[NSECTIONS] = {0};
     buf where = BUF_INIT, sql = BUF_INIT, answer = BUF_INIT;
+    buf shown = BUF_INIT;   /* the table(s) the output names as its source */
     ch_error err;
     memset(&err, 0, sizeof err);
     ch_client *ch = ch_client_new(cfg.clickhouse_url, &err);
@@ -709,7 +764,11 @@ int report_command(int argc, char **argv)
         goto out;
     }
     int modern = major >= 20;
-    build_where(&where, &scope, modern);
+    int rollups = 0;
+    if (use_rollups(ch, &cfg, &a, &scope, &rollups) != 0) goto out;
+    if (rollups) build_rollup_where(&where, &scope);
+    else build_where(&where, &scope, modern);
+    buf_printf(&shown, rollups ? "%s_rollup_*" : "%s", cfg.clickhouse_table);
     sql_ctx q = {
         .table = cfg.clickhouse_table,
         .where = buf_cstr(&where),
@@ -720,7 +779,8 @@ int report_command(int argc, char **argv)
         const section_spec *s = &sections[i];
         buf_reset(&sql);
         buf_reset(&answer);
-        s->sql(&sql, &q);
+        if (rollups) ch_rollup_section_sql(s->key, cfg.clickhouse_table, q.where, &sql);
+        else s->sql(&sql, &q);
         buf_puts(&sql, "\nFORMAT TabSeparated");
         if (ch_query(ch, buf_cstr(&sql), &answer, &err) != 0) {
             char what[96];
@@ -737,10 +797,11 @@ int report_command(int argc, char **argv)
         vals[i] = section_json(s, &r);
         result_free(&r);
     }
-    if (a.json) print_json(&scope, major, minor, cfg.clickhouse_table, vals);
-    else print_text(&scope, &a, ch, cfg.clickhouse_table, major, minor, vals);
+    if (a.json) print_json(&scope, major, minor, buf_cstr(&shown), vals);
+    else print_text(&scope, &a, ch, buf_cstr(&shown), major, minor, vals);
     rc = fflush(stdout) == 0 ? 0 : 1;
 out:
+    buf_free(&shown);
     for (size_t i = 0; i < NSECTIONS; i++) pj_free(vals[i]);
     buf_free(&where);
     buf_free(&sql);
