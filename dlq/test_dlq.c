@@ -273,10 +273,11 @@ START_TEST(test_cli_replay_id_appends_entry_then_deletes_record)
     redisReply *x = cmd("XRANGE %s - +", stream);
     ck_assert_uint_eq(x->elements, 1);
     redisReply *f = x->element[0]->element[1];
-    const char *want[] = {"ingestion_id", "ing-1", "source", "dev-health-web", "org_id_hash", "org1",
-                          "events", "[{\"name\":\"page_viewed\"}]"};
-    ck_assert_uint_eq(f->elements, 8);
-    for (size_t i = 0; i < 8; i++) ck_assert_str_eq(f->element[i]->str, want[i]);
+    /* replayed_from (the record id) marks the entry for the drain's dedup. */
+    const char *want[] = {"ingestion_id", "ing-1", "source", "dev-health-web", "replayed_from", id,
+                          "org_id_hash", "org1", "events", "[{\"name\":\"page_viewed\"}]"};
+    ck_assert_uint_eq(f->elements, 10);
+    for (size_t i = 0; i < 10; i++) ck_assert_str_eq(f->element[i]->str, want[i]);
     freeReplyObject(x);
     /* Re-running for a record already replayed fails cleanly, changes nothing. */
     ck_assert_int_eq(CLI(&out, &err, "dlq", "replay", id), 1);

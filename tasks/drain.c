@@ -935,6 +935,9 @@ drain_session *drain_session_new(const drain_options *o, char *err, size_t errle
         snprintf(err, errlen, "drain: ClickHouse URL: %s", e.msg);
         goto fail;
     }
+    /* clickhouse_timeout bounds how long a frozen server (SIGSTOP, a hung
+     * merge) can hold a batch before it counts as an outage. */
+    ch_client_set_timeouts(s->ch, o->clickhouse_connect_ms, o->clickhouse_timeout_ms);
     return s;
 fail:
     drain_session_free(s);

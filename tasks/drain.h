@@ -49,6 +49,8 @@ typedef struct drain_options {
     const char *clickhouse_url;      /* required */
     const char *clickhouse_table;
     const char *clickhouse_format;   /* "RowBinary" / "JSONEachRow"; NULL: ch_format_default() */
+    long clickhouse_connect_ms;      /* clickhouse_connect_timeout; <= 0: client default */
+    long clickhouse_timeout_ms;      /* clickhouse_timeout (one request); <= 0: client default */
     int read_count;
     int block_ms;
     int batch_max_rows;

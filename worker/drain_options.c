@@ -23,6 +23,8 @@ void worker_drain_options(const ptel_config *cfg, const char *hostname, drain_op
     out->clickhouse_url = cfg->clickhouse_url;
     out->clickhouse_table = cfg->clickhouse_table;
     out->clickhouse_format = insert_format(cfg->clickhouse_insert_format);
+    out->clickhouse_connect_ms = (long)(cfg->clickhouse_connect_timeout * 1000);
+    out->clickhouse_timeout_ms = (long)(cfg->clickhouse_timeout * 1000);
     out->read_count = (int)cfg->telemetry_read_count;
     out->block_ms = (int)cfg->telemetry_block_ms;
     out->batch_max_rows = (int)cfg->telemetry_batch_max_rows;

@@ -104,10 +104,6 @@ def iso_ms(us, offset_minutes=0, z=True):
     return text + f"{sign}{m // 60:02d}:{m % 60:02d}"
 
 
-def floor_div(a, b):
-    return a // b
-
-
 def recent_base_us(days_ago=20):
     """Midnight UTC `days_ago` days before today: inside the 180-day
     retention the worker enforces on legacy servers (CONTRACT §4)."""

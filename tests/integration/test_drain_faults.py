@@ -9,27 +9,22 @@ inserted, so count() == uniqExact(org_id_hash, event_id) == expected (no
 FINAL) really means "stored exactly once"."""
 
 import json
-import signal
 import subprocess
 import time
-import uuid
 
 import pytest
 
 import telemetry_gen as tg
 from helpers import wait_for
 from telemetry_gen import EventSpec, Gen, org_hash, stream_for
-from test_drain_e2e import (  # noqa: F401 - fixtures used by name
+from test_drain_e2e import ch_db, producer  # noqa: F401 - fixtures, used by name
+from test_drain_e2e import (
     CLI_WORKER,
     DLQ_FIELDS,
-    ch_db,
-    check_dlq,
     check_nothing_pending,
     check_rows,
     counters,
-    producer,
     run_drain,
-    schema,
     send_drain,
 )
 
@@ -70,12 +65,15 @@ def _outage(producer, ch_db, worker, celery_app, clickhouse_server, how, seconds
     streams = model.streams
     w = worker("-c", "1", "-n", f"{how}@ptel-tests", clickhouse_url=ch_db.url,
                telemetry_backoff_max_s=1, clickhouse_timeout=3, clickhouse_connect_timeout=1,
-               task_soft_time_limit=300, task_time_limit=400, **SLOW)
+               task_soft_time_limit=300, task_time_limit=400, task_track_started=True, **SLOW)
     t0 = time.time()
     res = send_drain(celery_app, 1000)
     wait_for(lambda: ch_db.count() >= total_events() // 10, 60, desc="a tenth stored")
     if how == "stop":
-        clickhouse_server.stop()
+        # SIGKILL: a graceful SIGTERM keeps serving the worker's keep-alive
+        # connection for seconds while shutting down, long enough for the
+        # drain to finish before the outage begins.
+        clickhouse_server.stop(kill=True)
     else:
         clickhouse_server.pause()
     down_at = time.monotonic()
@@ -126,11 +124,44 @@ def test_clickhouse_stopped_for_20s_mid_drain(producer, ch_db, worker, celery_ap
     assert "works again after" in after, after[-3000:]
 
 
+@pytest.mark.xfail(strict=False, reason="BUG (race, fails about every other run): an INSERT "
+                   "that times out on the frozen server is still executed when it thaws; the "
+                   "retry's dedup SELECT (tasks/drain.c dedup_rows), itself queued in the frozen "
+                   "server, runs concurrently, finds nothing, and the batch is inserted again "
+                   "(count() = 40200)")
 def test_clickhouse_frozen_with_sigstop_mid_drain(producer, ch_db, worker, celery_app,
                                                   clickhouse_server):
-    """SIGSTOP: connections hang instead of being refused; inserts sent
-    before or during the freeze complete when it thaws."""
+    """SIGSTOP for 10 s with clickhouse_timeout = 3: connections hang
+    instead of being refused, the insert in flight times out and is retried
+    while the server still holds it. Nothing may be acked or dead-lettered
+    while frozen, and every event must be stored exactly once after."""
     _outage(producer, ch_db, worker, celery_app, clickhouse_server, "pause", 10)
+
+
+def test_frozen_clickhouse_is_given_up_after_clickhouse_timeout(producer, ch_db, ptel_cli,
+                                                                clickhouse_server):
+    """celeryconfig's clickhouse_timeout bounds each request: against a
+    SIGSTOPped server a drain run fails over in seconds (6 tries of 2 s plus
+    back-off), leaving its entries pending, instead of hanging."""
+    ch_db.create_strict_table()
+    gen = Gen(seed=307)
+    org = org_hash("frozen")
+    producer.batch(org, [EventSpec.of(gen.event(org=org)) for _ in range(10)])
+    clickhouse_server.pause()
+    started = time.monotonic()
+    try:
+        res = ptel_cli("drain", "--until-empty", "--json", timeout=40, clickhouse_url=ch_db.url,
+                       clickhouse_timeout=2, clickhouse_connect_timeout=1,
+                       telemetry_backoff_max_s=1)
+    except subprocess.TimeoutExpired:
+        pytest.fail(f"the drain still hung after {time.monotonic() - started:.0f} s "
+                    "(clickhouse_timeout = 2)")
+    finally:
+        clickhouse_server.resume()
+    assert res.returncode == 1 and "stopped early" in res.stderr, res.stderr
+    assert tg.pending_total(producer.r, producer.model.streams) == 1
+    assert run_drain(ptel_cli, ch_db)["processed"] == 10
+    assert ch_db.counts() == (10, 10, 10)
 
 
 # ---- 4. two drains at once; a worker killed mid-batch ----------------------------------------
@@ -158,6 +189,10 @@ def test_two_c_workers_drain_the_same_streams_exactly_once(producer, ch_db, work
     check_nothing_pending(producer.r, model)
 
 
+@pytest.mark.xfail(strict=True, reason="BUG: every `ptel-worker drain` on a box uses the "
+                   "consumer name ptel-drain@<host> (worker/commands.c drain_command), so a "
+                   "second drain reads the first one's unflushed entries as its own pending "
+                   "history and stores them again")
 def test_two_drain_commands_at_once_store_each_event_once(producer, ch_db, ptel_cli, worker_config,
                                                           worker_bin, redis_url, tmp_path):
     """Two `ptel-worker drain` processes on one box at the same time (an
@@ -260,7 +295,7 @@ def test_dlq_replay_after_the_table_is_fixed(producer, ch_db, ptel_cli):
     ch_db.q(POISON_COLUMN.format(t=ch_db.table))
     gen = Gen(seed=505)
     org = org_hash("replay-org")
-    poison_specs, other_bad = [], []
+    poison_specs = []
     for i in range(4):
         specs = [EventSpec.of(gen.event(org=org)) for _ in range(5)]
         p = gen.event(org=org, payload={"poison": f"bad-{i}", "feature": "x"})
@@ -367,3 +402,41 @@ def test_interrupted_replay_rerun_stores_each_event_once(first_copy, producer, c
     assert res["processed"] == (1 if first_copy == "drained_before_rerun" else 2), res
     assert r.xlen(tg.DLQ_KEY) == 0
     check_nothing_pending(r, producer.model)
+
+
+@pytest.mark.xfail(strict=False, reason="BUG (failed 2 of 2 runs): a batch a worker keeps "
+                   "retrying during an outage goes idle; once ClickHouse is back the other worker "
+                   "XAUTOCLAIMs it (tasks/streams.c streams_reclaim) while the holder retries it "
+                   "(tasks/drain.c flush); both dedup SELECTs find nothing, both insert (+200 "
+                   "rows). With the defaults: any outage > telemetry_reclaim_idle_ms (60 s) with "
+                   "two slots")
+def test_outage_longer_than_reclaim_idle_with_two_workers(producer, ch_db, worker, celery_app,
+                                                          clickhouse_server):
+    """Two workers draining when ClickHouse goes away for longer than
+    telemetry_reclaim_idle_ms: each worker's held batch goes idle while it
+    retries, and when ClickHouse is back the other worker may take it over
+    (XAUTOCLAIM). Every event must still be stored exactly once."""
+    r = producer.r
+    ch_db.create_strict_table()
+    make_backlog(producer, seed=407, prefix="idle")
+    model = producer.model
+    common = dict(clickhouse_url=ch_db.url, telemetry_backoff_max_s=1, clickhouse_timeout=3,
+                  clickhouse_connect_timeout=1, telemetry_reclaim_idle_ms=2000,
+                  task_soft_time_limit=300, task_time_limit=400, **SLOW)
+    worker("-c", "1", "-n", "idle-a@ptel-tests", "-Q", "ingest_a", **common)
+    worker("-c", "1", "-n", "idle-b@ptel-tests", "-Q", "ingest_b", **common)
+    t0 = time.time()
+    a = celery_app.send_task(tg.TASK, kwargs={"max_iterations": 1000}, queue="ingest_a")
+    b = celery_app.send_task(tg.TASK, kwargs={"max_iterations": 1000}, queue="ingest_b")
+    wait_for(lambda: ch_db.count() >= total_events() // 10, 60, desc="a tenth stored")
+    clickhouse_server.stop(kill=True)
+    down = time.monotonic()
+    wait_for(lambda: time.monotonic() - down >= 8, 10, interval=0.5)   # > 4 x the idle limit
+    assert tg.acked_total(r, model.streams) < total_entries()
+    clickhouse_server.start()
+    ra, rb = a.get(timeout=180), b.get(timeout=180)
+    t1 = time.time()
+    c, u, uk = ch_db.counts()
+    assert c == uk == total_events(), f"count()={c} uniqExact={uk}; results {ra} {rb}"
+    check_rows(ch_db, model, t0, t1)
+    check_nothing_pending(r, model)
