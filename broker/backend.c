@@ -1,6 +1,6 @@
 /* broker/backend.c: Celery's Redis result backend (see backend.h).
  *
- * Sections: value encoding; the GET guard; single and pipelined stores.
+ * Sections: value encoding; the store script; single and pipelined stores.
  * The value is composed here piece by piece in Celery's key order
  * (celery/backends/base.py _get_result_meta + _store_result: status,
  * result, traceback, children, date_done, [group_id], [parent_id], task_id)
@@ -13,6 +13,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "broker/script.h"
 #include "common/mem.h"
 #include "common/timeutil.h"
 
@@ -148,106 +149,121 @@ void backend_encode(buf *out, const backend_result *r)
     buf_putc(out, '}');
 }
 
-/* ---- The GET guard ---- */
-
-/* Celery re-reads the stored meta before every write and leaves a SUCCESS
- * alone (base.py _store_result: lost-worker duplicates must not overwrite
- * a success). A value we cannot parse counts as not SUCCESS. */
-static int stored_is_success(const redisReply *r)
-{
-    if (r->type != REDIS_REPLY_STRING) return 0;
-    pj_value *v = pj_parse(r->str, r->len, NULL);
-    if (!v) return 0;
-    const char *status = pj_get_string(v, "status");
-    int yes = status && strcmp(status, "SUCCESS") == 0;
-    pj_free(v);
-    return yes;
-}
+/* ---- The store script ----
+ *
+ * PROTOCOL §11.1's GET guard, write and PUBLISH in one script: Celery sends
+ * GET, then MULTI/SETEX/PUBLISH/EXEC (two round trips); the script runs the
+ * same commands on the same key with the same bytes in one, and atomically
+ * (no writer can slip in between the guard and the write).
+ *
+ * The guard: Celery re-reads the stored meta before every write and leaves
+ * a SUCCESS alone (base.py _store_result: lost-worker duplicates must not
+ * overwrite a success). A value that is not JSON, or not an object, counts
+ * as not SUCCESS. cjson.decode runs only when the bytes could hold SUCCESS
+ * (the word itself, or a \u escape spelling it): the STARTED value every
+ * tracked task overwrites is not decoded.
+ *
+ * KEYS[1] = key (it is also the channel, no /{db}. prefix);
+ * ARGV[1] = value, ARGV[2] = TTL in seconds, "0" for a plain SET.
+ * Returns 1 written, 0 skipped; errors are "GET <key>: <error>" (nothing
+ * written) or "store: <error>" (the write failed, nothing published). */
+static lua_script store_script = LUA_SCRIPT("store", "\
+local cur = redis.pcall('GET', KEYS[1])\n\
+if type(cur) == 'table' then\n\
+  return redis.error_reply('GET ' .. KEYS[1] .. ': ' .. tostring(cur.err))\n\
+end\n\
+if cur and (string.find(cur, 'SUCCESS', 1, true) or string.find(cur, '\\\\u', 1, true)) then\n\
+  local ok, v = pcall(cjson.decode, cur)\n\
+  if ok and type(v) == 'table' and v.status == 'SUCCESS' then return 0 end\n\
+end\n\
+local w\n\
+if ARGV[2] ~= '0' then\n\
+  w = redis.pcall('SETEX', KEYS[1], ARGV[2], ARGV[1])\n\
+else\n\
+  w = redis.pcall('SET', KEYS[1], ARGV[1])\n\
+end\n\
+if type(w) == 'table' and w.err then return redis.error_reply('store: ' .. w.err) end\n\
+redis.call('PUBLISH', KEYS[1], ARGV[1])\n\
+return 1\n");
 
 /* ---- Stores ---- */
 
-static char *meta_key(const char *task_id)
+int backend_store_append(redisContext *ctx, const backend_result *r, int64_t result_expires_s,
+                         char *err, size_t errlen)
 {
-    buf k = BUF_INIT;
-    buf_printf(&k, BACKEND_KEY_PREFIX "%s", task_id);
-    return buf_detach(&k);
-}
-
-static void append_get(redisContext *ctx, const char *key)
-{
-    const char *argv[] = {"GET", key};
-    size_t lens[] = {3, strlen(key)};
-    redisAppendCommandArgv(ctx, 2, argv, lens);
-}
-
-/* Queue MULTI; SETEX|SET; PUBLISH; EXEC (4 replies). */
-static void append_write(redisContext *ctx, const char *key, const buf *value, int64_t expires_s)
-{
+    buf key = BUF_INIT, value = BUF_INIT;
     char ttl[24];
-    snprintf(ttl, sizeof ttl, "%lld", (long long)expires_s);
-    redisAppendCommand(ctx, "MULTI");
-    if (expires_s > 0) {
-        const char *argv[] = {"SETEX", key, ttl, value->data};
-        size_t lens[] = {5, strlen(key), strlen(ttl), value->len};
-        redisAppendCommandArgv(ctx, 4, argv, lens);
+    buf_printf(&key, BACKEND_KEY_PREFIX "%s", r->task_id);
+    backend_encode(&value, r);
+    snprintf(ttl, sizeof ttl, "%lld", result_expires_s > 0 ? (long long)result_expires_s : 0LL);
+    const char *argv[] = {"", "", "1", key.data, value.data, ttl};
+    size_t lens[] = {0, 0, 1, key.len, value.len, strlen(ttl)};
+    int rc = script_append(ctx, &store_script, 6, argv, lens, err, errlen);
+    buf_free(&key);
+    buf_free(&value);
+    return rc;
+}
+
+int backend_store_finish(redisContext *ctx, const char *task_id, char *err, size_t errlen)
+{
+    int noscript, rc = -1;
+    redisReply *r = script_read(ctx, &noscript, err, errlen);
+    if (!r) return -1;
+    if (noscript) {
+        rc = BACKEND_STORE_AGAIN;
+    } else if (r->type == REDIS_REPLY_INTEGER && (r->integer == 0 || r->integer == 1)) {
+        rc = (int)r->integer;
+    } else if (r->type == REDIS_REPLY_ERROR && strncmp(r->str, "GET ", 4) == 0) {
+        /* e.g. WRONGTYPE: Celery would raise; we do not write over it. */
+        set_err(err, errlen, "%s", r->str);
+    } else if (r->type == REDIS_REPLY_ERROR && strncmp(r->str, "store: ", 7) == 0) {
+        set_err(err, errlen, "store result %s: %s", task_id, r->str + 7);
     } else {
-        const char *argv[] = {"SET", key, value->data};
-        size_t lens[] = {3, strlen(key), value->len};
-        redisAppendCommandArgv(ctx, 3, argv, lens);
+        set_err(err, errlen, "store result %s: %s", task_id,
+                r->type == REDIS_REPLY_ERROR ? r->str : "unexpected script reply");
     }
-    const char *argv[] = {"PUBLISH", key, value->data};
-    size_t lens[] = {7, strlen(key), value->len};
-    redisAppendCommandArgv(ctx, 3, argv, lens);
-    redisAppendCommand(ctx, "EXEC");
-}
-
-/* Read one pipelined reply. -1 when the connection failed (fatal, err set);
- * otherwise 0 and *out holds the reply (the caller frees it). */
-static int read_reply(redisContext *ctx, redisReply **out, char *err, size_t errlen)
-{
-    *out = NULL;
-    if (redisGetReply(ctx, (void **)out) != REDIS_OK || !*out) {
-        set_err(err, errlen, "redis: %s", ctx->errstr[0] ? ctx->errstr : "connection lost");
-        return -1;
-    }
-    return 0;
-}
-
-/* The error text of a reply in a MULTI/EXEC exchange, or NULL. Errors such
- * as WRONGTYPE surface inside EXEC's array, not when the command is queued. */
-static const char *exec_error(const redisReply *r, int is_exec)
-{
-    if (r->type == REDIS_REPLY_ERROR) return r->str;
-    if (!is_exec) return NULL;
-    if (r->type != REDIS_REPLY_ARRAY) return "transaction aborted";
-    for (size_t i = 0; i < r->elements; i++)
-        if (r->element[i]->type == REDIS_REPLY_ERROR) return r->element[i]->str;
-    return NULL;
-}
-
-/* Read the 4 replies of append_write. 0 written; 1 refused by the server
- * (err set unless *failed already was); -1 connection failed. */
-static int read_write_replies(redisContext *ctx, const char *task_id, int *failed,
-                              char *err, size_t errlen)
-{
-    int refused = 0;
-    for (int i = 0; i < 4; i++) {
-        redisReply *r;
-        if (read_reply(ctx, &r, err, errlen) < 0) return -1;
-        const char *why = exec_error(r, i == 3);
-        if (why && !refused) {
-            if (!*failed) set_err(err, errlen, "store result %s: %s", task_id, why);
-            *failed = refused = 1;
-        }
-        freeReplyObject(r);
-    }
-    return refused;
+    freeReplyObject(r);
+    return rc;
 }
 
 int backend_store(redisContext *ctx, const backend_result *r, int64_t result_expires_s,
                   char *err, size_t errlen)
 {
     return backend_store_many(ctx, r, 1, result_expires_s, err, errlen);
+}
+
+/* One pipelined pass over rs. Results the server could not run because it
+ * had lost the script are flagged in again[] (nothing was written for
+ * them). Returns how many were written, -1 on error (the first reason in
+ * err); *fatal is set when the connection failed. */
+static int store_pass(redisContext *ctx, const backend_result *rs, size_t n,
+                      int64_t result_expires_s, int *again, int *fatal, char *err, size_t errlen)
+{
+    size_t queued = 0;
+    int failed = 0, written = 0;
+    while (queued < n &&
+           backend_store_append(ctx, &rs[queued], result_expires_s, err, errlen) == 0)
+        queued++;
+    if (queued < n) failed = 1;   /* err says why; the queued ones are still read */
+    for (size_t i = 0; i < queued; i++) {
+        char e[256];
+        int rc = backend_store_finish(ctx, rs[i].task_id, e, sizeof e);
+        if (rc == BACKEND_STORE_AGAIN) {
+            again[i] = 1;
+            continue;
+        }
+        if (rc < 0) {
+            if (!failed) set_err(err, errlen, "%s", e);
+            failed = 1;
+            if (ctx->err) {
+                *fatal = 1;
+                break;
+            }
+            continue;
+        }
+        written += rc;
+    }
+    return failed ? -1 : written;
 }
 
 int backend_store_many(redisContext *ctx, const backend_result *rs, size_t n,
@@ -258,47 +274,33 @@ int backend_store_many(redisContext *ctx, const backend_result *rs, size_t n,
         return -1;
     }
     if (n == 0) return 0;
-    char **keys = xmalloc(n * sizeof *keys);
-    int *skip = xcalloc(n, sizeof *skip);
-    for (size_t i = 0; i < n; i++) {
-        keys[i] = meta_key(rs[i].task_id);
-        append_get(ctx, keys[i]);
+    int *again = xcalloc(n, sizeof *again);
+    int fatal = 0;
+    int rc = store_pass(ctx, rs, n, result_expires_s, again, &fatal, err, errlen);
+    size_t n_again = 0;
+    for (size_t i = 0; i < n; i++) n_again += again[i] != 0;
+    if (n_again && !fatal) {
+        /* The server lost its script cache (restart, SCRIPT FLUSH): load it
+         * again and redo just those, once. */
+        backend_result *redo = xmalloc(n_again * sizeof *redo);
+        int *again2 = xcalloc(n_again, sizeof *again2);
+        size_t k = 0;
+        for (size_t i = 0; i < n; i++)
+            if (again[i]) redo[k++] = rs[i];
+        char e[256] = "";
+        int rc2 = script_reload(ctx, &store_script, e, sizeof e) < 0 ? -1
+                  : store_pass(ctx, redo, n_again, result_expires_s, again2, &fatal, e, sizeof e);
+        for (size_t i = 0; rc2 >= 0 && i < n_again; i++)
+            if (again2[i]) {
+                set_err(e, sizeof e, "store result %s: NOSCRIPT after SCRIPT LOAD",
+                        redo[i].task_id);
+                rc2 = -1;
+            }
+        if (rc2 < 0 && rc >= 0) set_err(err, errlen, "%s", e);
+        rc = (rc < 0 || rc2 < 0) ? -1 : rc + rc2;
+        free(redo);
+        free(again2);
     }
-    int failed = 0, written = 0, fatal = 0;
-    for (size_t i = 0; i < n && !fatal; i++) {
-        redisReply *g;
-        if (read_reply(ctx, &g, err, errlen) < 0) {
-            fatal = 1;
-            break;
-        }
-        if (g->type == REDIS_REPLY_ERROR) {
-            /* e.g. WRONGTYPE: Celery would raise; we do not write over it. */
-            if (!failed) set_err(err, errlen, "GET %s: %s", keys[i], g->str);
-            failed = 1;
-            skip[i] = 1;
-        } else if (stored_is_success(g)) {
-            skip[i] = 1;
-        }
-        freeReplyObject(g);
-    }
-    if (!fatal) {
-        buf value = BUF_INIT;
-        for (size_t i = 0; i < n; i++) {
-            if (skip[i]) continue;
-            buf_reset(&value);
-            backend_encode(&value, &rs[i]);
-            append_write(ctx, keys[i], &value, result_expires_s);
-        }
-        buf_free(&value);
-        for (size_t i = 0; i < n && !fatal; i++) {
-            if (skip[i]) continue;
-            int rc = read_write_replies(ctx, rs[i].task_id, &failed, err, errlen);
-            if (rc < 0) fatal = 1;
-            else if (rc == 0) written++;
-        }
-    }
-    for (size_t i = 0; i < n; i++) free(keys[i]);
-    free(keys);
-    free(skip);
-    return (fatal || failed) ? -1 : written;
+    free(again);
+    return rc;
 }

@@ -2,9 +2,11 @@
  *
  * Owns: the `celery-task-meta-<id>` value (PROTOCOL §11.2: Celery's key
  * order, json.dumps bytes) and the write pattern of §11.1: GET guard (a
- * stored SUCCESS is never overwritten), then MULTI, SETEX (or SET), PUBLISH
- * of the same bytes on the channel of the same name, EXEC. The PUBLISH is
- * what wakes a waiting AsyncResult.get() (§11.4).
+ * stored SUCCESS is never overwritten), then SETEX (or SET) and PUBLISH of
+ * the same bytes on the channel of the same name. The PUBLISH is what wakes
+ * a waiting AsyncResult.get() (§11.4). We run these commands in one Lua
+ * script (one round trip and atomic, where Celery needs two: GET, then
+ * MULTI/EXEC); keys, values and channel are the same.
  *
  * Does not own: chords (§11.3), result_extended, reading results for
  * clients, or the connection (the caller's redisContext*). */
@@ -62,10 +64,26 @@ void backend_encode(buf *out, const backend_result *r);
 int backend_store(redisContext *ctx, const backend_result *r, int64_t result_expires_s,
                   char *err, size_t errlen);
 
-/* Store n results in two round trips (all GETs pipelined, then one
- * MULTI/EXEC per result pipelined). Returns how many were written (those
- * already SUCCESS are skipped), -1 on error. */
+/* Store n results in one round trip (the store script pipelined n times).
+ * Returns how many were written (those already SUCCESS are skipped), -1 on
+ * error (the others are still written). */
 int backend_store_many(redisContext *ctx, const backend_result *rs, size_t n,
                        int64_t result_expires_s, char *err, size_t errlen);
+
+/* backend_store_finish's value when the server had lost the store script (restart,
+ * SCRIPT FLUSH): nothing was written; call backend_store once the other
+ * replies of the pipeline are read. */
+#define BACKEND_STORE_AGAIN 2
+
+/* backend_store in two halves, to share a round trip with other commands
+ * (pipelining). _append queues the store without sending it; it must be
+ * queued before any other command of the pipeline (the first call in a
+ * process loads the script and waits for that). 0 queued, -1 not (err).
+ * _finish reads its reply, in queue order with the pipeline's others:
+ * 1 written, 0 skipped (SUCCESS stored), -1 error (err),
+ * BACKEND_STORE_AGAIN. */
+int backend_store_append(redisContext *ctx, const backend_result *r, int64_t result_expires_s,
+                         char *err, size_t errlen);
+int backend_store_finish(redisContext *ctx, const char *task_id, char *err, size_t errlen);
 
 #endif

@@ -551,25 +551,30 @@ static void *node_main(void *arg)
     control_node *n = arg;
     log_set_thread_name("Pidbox");
     int backoff = CONTROL_RECONNECT_MIN_MS;
+    int outage = 0;   /* an outage is logged once when it starts, once when it ends */
     while (!atomic_load(&n->stop)) {
         if (!n->sub) {
             char err[256];
             if (node_subscribe(n, err, sizeof err) != 0) {
-                log_error("control: cannot subscribe to remote control (%s); retrying in %d ms",
-                          err, backoff);
+                if (!outage)
+                    log_error("control: cannot subscribe to remote control (%s); retrying with "
+                              "back-off (up to %d ms)", err, CONTROL_RECONNECT_MAX_MS);
+                outage = 1;
                 sleep_interruptible(n, backoff);
                 if (backoff < CONTROL_RECONNECT_MAX_MS) backoff *= 2;
                 continue;
             }
-            if (backoff > CONTROL_RECONNECT_MIN_MS)
-                log_info("control: subscribed to remote control again");
+            if (outage) log_info("control: subscribed to remote control again");
+            outage = 0;
             backoff = CONTROL_RECONNECT_MIN_MS;
         }
         redisReply *r;
         int got = sub_read(n->sub, CONTROL_POLL_MS, &r);
         if (got < 0) {
-            log_error("control: remote control connection lost (%s); reconnecting",
-                      n->sub->errstr[0] ? n->sub->errstr : "read failed");
+            outage = 1;
+            log_error("control: remote control connection lost (%s); reconnecting with back-off "
+                      "(up to %d ms)", n->sub->errstr[0] ? n->sub->errstr : "read failed",
+                      CONTROL_RECONNECT_MAX_MS);
             redisFree(n->sub);
             n->sub = NULL;
             continue;

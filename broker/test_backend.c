@@ -194,6 +194,9 @@ START_TEST(test_store_never_overwrites_success)
     ck_assert_int_eq(backend_store(c, &late, 60, err, sizeof err), 0);
     char *after = ts_str(c, "GET celery-task-meta-s");
     ck_assert_str_eq(after, before);
+    /* SUCCESS spelled with a JSON escape is still SUCCESS. */
+    freeReplyObject(ts_cmd(c, "SET celery-task-meta-s %s", "{\"status\": \"\\u0053UCCESS\"}"));
+    ck_assert_int_eq(backend_store(c, &late, 60, err, sizeof err), 0);
     /* An unparseable stored value is not SUCCESS: it is overwritten. */
     freeReplyObject(ts_cmd(c, "SET celery-task-meta-s garbage"));
     ck_assert_int_eq(backend_store(c, &late, 60, err, sizeof err), 1);
@@ -251,6 +254,62 @@ START_TEST(test_store_errors_are_reported)
     ck_assert_int_eq(backend_store(dead, &r, 60, err, sizeof err), -1);
     ck_assert_ptr_nonnull(strstr(err, "redis"));
     redisFree(dead);
+}
+END_TEST
+
+/* Read a pipelined PING's reply. */
+static void assert_pong(redisContext *c)
+{
+    redisReply *r = NULL;
+    ck_assert_int_eq(redisGetReply(c, (void **)&r), REDIS_OK);
+    ck_assert_int_eq(r->type, REDIS_REPLY_STATUS);
+    ck_assert_str_eq(r->str, "PONG");
+    freeReplyObject(r);
+}
+
+/* The store is one script; a server that lost it (restart, SCRIPT FLUSH)
+ * still gets every result, blocking or pipelined. */
+START_TEST(test_store_survives_script_flush)
+{
+    redisContext *c = ts_fresh();
+    char err[256] = "";
+    backend_result r = {.task_id = "f1", .status = BACKEND_STARTED, .pid = 1, .hostname = "h"};
+    ck_assert_int_eq(backend_store(c, &r, 60, err, sizeof err), 1);
+    freeReplyObject(ts_cmd(c, "SCRIPT FLUSH"));
+    r.task_id = "f2";
+    ck_assert_msg(backend_store(c, &r, 60, err, sizeof err) == 1, "%s", err);
+    freeReplyObject(ts_cmd(c, "SCRIPT FLUSH"));
+    r.task_id = "f3";
+    ck_assert_int_eq(backend_store_append(c, &r, 60, err, sizeof err), 0);
+    redisAppendCommand(c, "PING");
+    ck_assert_int_eq(backend_store_finish(c, r.task_id, err, sizeof err), BACKEND_STORE_AGAIN);
+    assert_pong(c);
+    ck_assert_int_eq(ts_int(c, "EXISTS celery-task-meta-f3"), 0);
+    ck_assert_int_eq(backend_store(c, &r, 60, err, sizeof err), 1);
+    ck_assert_int_eq(ts_int(c, "EXISTS celery-task-meta-f3"), 1);
+    redisFree(c);
+}
+END_TEST
+
+/* append/finish share a round trip with other commands, replies in order. */
+START_TEST(test_store_append_finish_pipelines)
+{
+    redisContext *c = ts_fresh();
+    char err[256] = "";
+    backend_result ok = {.task_id = "p1", .status = BACKEND_SUCCESS, .date_done_us = 1};
+    ck_assert_int_eq(backend_store_append(c, &ok, 60, err, sizeof err), 0);
+    redisAppendCommand(c, "PING");
+    ck_assert_int_eq(backend_store_append(c, &ok, 60, err, sizeof err), 0);
+    ck_assert_int_eq(backend_store_finish(c, ok.task_id, err, sizeof err), 1);
+    assert_pong(c);
+    ck_assert_int_eq(backend_store_finish(c, ok.task_id, err, sizeof err), 0);  /* SUCCESS kept */
+    freeReplyObject(ts_cmd(c, "LPUSH celery-task-meta-p2 x"));
+    ok.task_id = "p2";
+    ck_assert_int_eq(backend_store_append(c, &ok, 60, err, sizeof err), 0);
+    ck_assert_int_eq(backend_store_finish(c, ok.task_id, err, sizeof err), -1);
+    ck_assert_str_eq(err, "GET celery-task-meta-p2: WRONGTYPE Operation against a key holding "
+                          "the wrong kind of value");
+    redisFree(c);
 }
 END_TEST
 
@@ -392,6 +451,8 @@ static Suite *backend_suite(void)
     tcase_add_test(r, test_store_never_overwrites_success);
     tcase_add_test(r, test_store_many_pipelines_and_skips_success);
     tcase_add_test(r, test_store_errors_are_reported);
+    tcase_add_test(r, test_store_survives_script_flush);
+    tcase_add_test(r, test_store_append_finish_pipelines);
     tcase_add_test(r, test_python_get_receives_success);
     tcase_add_test(r, test_python_get_raises_value_error);
     tcase_add_test(r, test_python_get_raises_time_limit_exceeded);

@@ -8,8 +8,8 @@
  * workers sharing the broker restore our messages and we restore theirs.
  * Where we differ on purpose it is said at the spot (fetch atomicity). */
 #include "broker/transport.h"
+#include "broker/script.h"
 
-#include <pthread.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -196,72 +196,12 @@ static redisReply *cmd_run(redisContext *ctx, const cmd *c, char *err, size_t er
     return r;
 }
 
-typedef struct lua_script {
-    const char *name;   /* for error messages */
-    const char *body;
-    char sha[41];       /* "" until loaded; guarded by script_lock */
-} lua_script;
-
-static pthread_mutex_t script_lock = PTHREAD_MUTEX_INITIALIZER;
-
-/* The script's SHA1 as the server computes it (SCRIPT LOAD once per
- * process; the sha is the same on every server, so threads share it). */
-static int script_sha(redisContext *ctx, lua_script *s, char sha[41], char *err, size_t errlen)
+/* Run a script with c holding [placeholder, placeholder, numkeys, keys...,
+ * args...] (broker/script.h fills the placeholders). */
+static redisReply *cmd_script_run(redisContext *ctx, lua_script *s, cmd *c, char *err,
+                                  size_t errlen)
 {
-    pthread_mutex_lock(&script_lock);
-    memcpy(sha, s->sha, 41);
-    pthread_mutex_unlock(&script_lock);
-    if (sha[0]) return 0;
-    redisReply *r = redisCommand(ctx, "SCRIPT LOAD %s", s->body);
-    if (!r) {
-        set_err(err, errlen, "redis: %s", ctx->errstr[0] ? ctx->errstr : "connection lost");
-        return -1;
-    }
-    if (r->type != REDIS_REPLY_STRING || r->len != 40) {
-        set_err(err, errlen, "SCRIPT LOAD %s: %s", s->name,
-                r->type == REDIS_REPLY_ERROR ? r->str : "unexpected reply");
-        freeReplyObject(r);
-        return -1;
-    }
-    pthread_mutex_lock(&script_lock);
-    memcpy(s->sha, r->str, 40);
-    s->sha[40] = '\0';
-    memcpy(sha, s->sha, 41);
-    pthread_mutex_unlock(&script_lock);
-    freeReplyObject(r);
-    return 0;
-}
-
-/* Run `s` with c holding [placeholder, placeholder, numkeys, keys..., args...]:
- * EVALSHA first; when the server lost its script cache (restart, SCRIPT
- * FLUSH) it answers NOSCRIPT and we send the body with EVAL instead. */
-static redisReply *script_run(redisContext *ctx, lua_script *s, cmd *c, char *err, size_t errlen)
-{
-    char sha[41];
-    if (script_sha(ctx, s, sha, err, errlen) < 0) return NULL;
-    c->argv[0] = "EVALSHA";
-    c->lens[0] = 7;
-    c->argv[1] = sha;
-    c->lens[1] = 40;
-    redisReply *r = redisCommandArgv(ctx, (int)c->n, c->argv, c->lens);
-    if (r && r->type == REDIS_REPLY_ERROR && strncmp(r->str, "NOSCRIPT", 8) == 0) {
-        freeReplyObject(r);
-        c->argv[0] = "EVAL";
-        c->lens[0] = 4;
-        c->argv[1] = s->body;
-        c->lens[1] = strlen(s->body);
-        r = redisCommandArgv(ctx, (int)c->n, c->argv, c->lens);
-    }
-    if (!r) {
-        set_err(err, errlen, "redis: %s", ctx->errstr[0] ? ctx->errstr : "connection lost");
-        return NULL;
-    }
-    if (r->type == REDIS_REPLY_ERROR) {
-        set_err(err, errlen, "script %s: %s", s->name, r->str);
-        freeReplyObject(r);
-        return NULL;
-    }
-    return r;
+    return script_run(ctx, s, (int)c->n, c->argv, c->lens, err, errlen);
 }
 
 static void script_cmd_init(cmd *c, size_t numkeys)
@@ -365,13 +305,15 @@ for q = 1, nq do order[q] = q end\n\
 local t = redis.call('TIME')\n\
 local now = tonumber(t[1]) + tonumber(t[2]) / 1000000\n\
 local out = {}\n\
+local bad = nil\n\
 for m = 1, max do\n\
   local got = false\n\
   for s = 0, ns - 1 do\n\
     for pos = 1, nq do\n\
       local q = order[pos]\n\
       local ki = s * nq + q\n\
-      local payload = redis.call('RPOP', KEYS[2 + ki])\n\
+      local payload = redis.pcall('RPOP', KEYS[2 + ki])\n\
+      if type(payload) == 'table' then bad = bad or (2 + ki); payload = false end\n\
       if payload then\n\
         table.remove(order, pos)\n\
         order[nq] = q\n\
@@ -390,6 +332,9 @@ for m = 1, max do\n\
     if got then break end\n\
   end\n\
   if not got then break end\n\
+end\n\
+if #out == 0 and bad then\n\
+  return redis.error_reply('WRONGTYPE queue key ' .. KEYS[bad] .. ' does not hold a list: skipped')\n\
 end\n\
 return out\n", ""};
 
@@ -520,7 +465,7 @@ int transport_fetch(redisContext *ctx, const transport_options *opts, transport_
     for (size_t q = 0; q < nq; q++) cmd_adds(&c, queues->names[q]);
 
     int rc = -1;
-    redisReply *r = script_run(ctx, &fetch_script, &c, err, errlen);
+    redisReply *r = cmd_script_run(ctx, &fetch_script, &c, err, errlen);
     if (r) {
         rc = fetch_reply_parse(r, opts->sep, keys, nkeys, queues, out, n, err, errlen);
         freeReplyObject(r);
@@ -547,10 +492,10 @@ static const char *exec_error(const redisReply *r, int is_exec)
 
 /* One MULTI with a variadic ZREM and HDEL: the same effect as kombu's
  * per-tag ZREM+HDEL (PROTOCOL §4.2), in one round trip for any n. */
-int transport_ack(redisContext *ctx, const transport_options *opts,
-                  const char *const *tags, size_t n, char *err, size_t errlen)
+void transport_ack_append(redisContext *ctx, const transport_options *opts,
+                          const char *const *tags, size_t n)
 {
-    if (n == 0) return 0;
+    if (n == 0) return;
     cmd z, h;
     cmd_init(&z);
     cmd_init(&h);
@@ -568,7 +513,11 @@ int transport_ack(redisContext *ctx, const transport_options *opts,
     redisAppendCommand(ctx, "EXEC");
     cmd_free(&z);
     cmd_free(&h);
+}
 
+int transport_ack_finish(redisContext *ctx, size_t n, char *err, size_t errlen)
+{
+    if (n == 0) return 0;
     int rc = 0;
     for (int i = 0; i < 4; i++) {
         redisReply *r = NULL;
@@ -584,6 +533,13 @@ int transport_ack(redisContext *ctx, const transport_options *opts,
         freeReplyObject(r);
     }
     return rc;
+}
+
+int transport_ack(redisContext *ctx, const transport_options *opts,
+                  const char *const *tags, size_t n, char *err, size_t errlen)
+{
+    transport_ack_append(ctx, opts, tags, n);
+    return transport_ack_finish(ctx, n, err, errlen);
 }
 
 /* ---- Restore (requeue, warm shutdown, visibility timeout) ----
@@ -732,7 +688,7 @@ static int restore_attempt(redisContext *ctx, const transport_options *opts, con
     else cmd_add(&c, "", 0);
     cmd_add(&c, payload.len ? payload.data : "", payload.len);
     cmd_adds(&c, leftmost ? "L" : "R");
-    redisReply *r = script_run(ctx, &restore_script, &c, err, errlen);
+    redisReply *r = cmd_script_run(ctx, &restore_script, &c, err, errlen);
     cmd_free(&c);
     if (r) {
         rc = r->type != REDIS_REPLY_INTEGER ? -1 : r->integer < 0 ? 2 : (int)r->integer;
@@ -802,7 +758,7 @@ static void mutex_release(redisContext *ctx, const transport_options *opts, cons
     script_cmd_init(&c, 1);
     cmd_add_key(&c, opts, opts->unacked_mutex_key);
     cmd_adds(&c, token);
-    redisReply *r = script_run(ctx, &unlock_script, &c, e, sizeof e);
+    redisReply *r = cmd_script_run(ctx, &unlock_script, &c, e, sizeof e);
     cmd_free(&c);
     if (r) freeReplyObject(r);
     else log_warning("Could not release %s (it expires by itself): %s", opts->unacked_mutex_key, e);

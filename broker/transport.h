@@ -101,6 +101,14 @@ int transport_fetch(redisContext *ctx, const transport_options *opts, transport_
 int transport_ack(redisContext *ctx, const transport_options *opts,
                   const char *const *tags, size_t n, char *err, size_t errlen);
 
+/* transport_ack in two halves, to share a round trip with other commands
+ * (pipelining): _append queues the MULTI/EXEC without sending it, _finish
+ * (same n) reads its replies. Between them the caller may queue and read
+ * other commands, reading replies in the order the commands were queued. */
+void transport_ack_append(redisContext *ctx, const transport_options *opts,
+                          const char *const *tags, size_t n);
+int transport_ack_finish(redisContext *ctx, size_t n, char *err, size_t errlen);
+
 /* Reject with requeue (PROTOCOL §4.3): LPUSH the message back (back of the
  * line) with both redelivered flags set and remove it from unacked,
  * atomically. An unknown tag is only removed from the index (as kombu). */

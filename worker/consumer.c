@@ -33,6 +33,7 @@
 typedef struct consumer_state {
     int64_t unknown_log_next_us;
     long long unknown_suppressed;
+    int64_t fetch_error_log_next_us;
 } consumer_state;
 
 size_t worker_prefetch_limit(const worker *w)
@@ -263,7 +264,7 @@ void *consumer_main(void *arg)
     int outage_logged = 0;
     int64_t unknown_wait = 0;
     const char *crash_hook = getenv("PTEL_TEST_CRASH_AFTER_POP");
-    consumer_state cs = {0, 0};
+    consumer_state cs = {0, 0, 0};
 
     while (!atomic_load(&w->stopping)) {
         if (!ctx) {
@@ -309,6 +310,20 @@ void *consumer_main(void *arg)
         pthread_mutex_lock(&w->queues_lock);
         int rc = transport_fetch(ctx, &w->topts, &w->queues, room, &msgs, &n, err, sizeof err);
         pthread_mutex_unlock(&w->queues_lock);
+        if (rc != 0 && ctx->err == 0) {
+            /* The server answered with an error, e.g. a queue key holding a
+             * non-list (the fetch script skips such keys and only errors
+             * when nothing else was popped): the connection is fine, so
+             * don't reconnect or spin; log once a minute, poll every second. */
+            int64_t now = time_now_us();
+            if (now >= cs.fetch_error_log_next_us) {
+                log_error("Fetching from the broker failed: %s; other queues are still consumed, "
+                          "retrying every second (logged once a minute)", err);
+                cs.fetch_error_log_next_us = now + 60 * USEC_PER_SEC;
+            }
+            sleep_us(USEC_PER_SEC);
+            continue;
+        }
         if (rc != 0) {
             atomic_store(&w->broker_ok, 0);
             metrics_add("ptel_redis_errors_total", "role=\"broker\"", 1);

@@ -3,7 +3,9 @@
  * A slot is a thread with its own broker/backend connections. It takes the
  * oldest reserved job, acks it early unless acks_late (Celery acks when the
  * pool accepts the job, PROTOCOL §4.2), stores STARTED when tracked, runs the
- * task, stores the outcome, and acks late jobs after their result.
+ * task, stores the outcome, and acks late jobs after their result. When
+ * broker and backend are one connection, the ack rides in the same round
+ * trip as the STARTED store (early ack) or the outcome store (acks_late).
  *
  * Time limits: the main thread calls pool_check_limits() every tick. At the
  * soft limit the task's cancel flag asks it to finish now. At the hard limit
@@ -68,6 +70,96 @@ static void slot_free(slot *s)
 
 /* ---- Outcomes -------------------------------------------------------------- */
 
+/* The retry republish, on a fresh connection if the slot's one was lost
+ * (same policy as store_retrying below: a retry must not turn into FAILURE
+ * because Redis restarted while the task ran). */
+static int publish_retrying(slot *s, const char *queue, int priority, const char *data,
+                            size_t len, char *err, size_t errlen)
+{
+    worker *w = s->w;
+    for (int attempt = 0;; attempt++) {
+        if (s->broker && transport_publish(s->broker, &w->topts, queue, priority, data, len,
+                                           err, errlen) == 0)
+            return 0;
+        if (s->broker && !s->broker->err) return -1;
+        if (attempt >= 20 || atomic_load(&w->stopping) == 2) return -1;
+        if (attempt > 0) {
+            struct timespec ts = {1, 0};
+            nanosleep(&ts, NULL);
+        }
+        slot_connect(s);
+    }
+}
+
+/* A result store that hit a lost connection (Redis restarted while the task
+ * ran) is retried on a fresh connection, as Celery's Redis backend does with
+ * its retry_policy (20 tries, about 1 s apart): otherwise the result of an
+ * early-ack task would be lost for good. Errors other than a lost connection
+ * are not retried. */
+#define STORE_RETRIES 20
+
+static int store_retrying(slot *s, const backend_result *r, char *err, size_t errlen)
+{
+    worker *w = s->w;
+    for (int attempt = 0;; attempt++) {
+        if (s->backend && backend_store(s->backend, r, w->cfg->result_expires, err, errlen) >= 0)
+            return 0;
+        if (s->backend && !s->backend->err) return -1;
+        if (attempt >= STORE_RETRIES || atomic_load(&w->stopping) == 2) return -1;
+        if (attempt > 0) {
+            struct timespec ts = {1, 0};
+            nanosleep(&ts, NULL);
+        }
+        slot_connect(s);
+    }
+}
+
+/* ---- Pipelined store + ack ---------------------------------------------------- */
+
+/* Settle j after its ack was sent; a failure is logged as job_ack logs it
+ * (worker/jobs.c) and the job stays unacked. */
+static void settle_ack(job *j, int ack_rc, const char *err)
+{
+    if (ack_rc == 0) {
+        j->acked = 1;
+        return;
+    }
+    log_error("Could not ack %s[%s] (tag %s): %s; it stays in unacked and will be "
+              "restored after the visibility timeout", j->msg.task, j->msg.id,
+              j->msg.delivery_tag, err);
+}
+
+/* A store and an ack can share one round trip when broker and backend are
+ * the same live connection. */
+static int can_pipeline(const slot *s, const job *j)
+{
+    return s->broker && s->broker == s->backend && !s->broker->err && !j->acked;
+}
+
+/* Store r, then ack j, in one round trip (PROTOCOL §4.2, §11.1): both are
+ * queued, then both replies read. The store is queued first, so an
+ * acks_late ack still lands after its result. Returns what backend_store
+ * returns; the ack's status goes to *ack_rc (reason in ack_err), for
+ * settle_ack. */
+static int store_then_ack(slot *s, job *j, const backend_result *r, char *err, size_t errlen,
+                          int *ack_rc, char *ack_err, size_t ack_errlen)
+{
+    worker *w = s->w;
+    redisContext *ctx = s->broker;
+    const char *tags[1] = {j->msg.delivery_tag};
+    if (backend_store_append(ctx, r, w->cfg->result_expires, err, errlen) < 0) {
+        *ack_rc = transport_ack(ctx, &w->topts, tags, 1, ack_err, ack_errlen);
+        return -1;
+    }
+    transport_ack_append(ctx, &w->topts, tags, 1);
+    int rc = backend_store_finish(ctx, r->task_id, err, errlen);
+    *ack_rc = transport_ack_finish(ctx, 1, ack_err, ack_errlen);
+    /* The server lost the script (restart, SCRIPT FLUSH) and wrote nothing:
+     * store now. Only then does the ack land first, by microseconds. */
+    if (rc == BACKEND_STORE_AGAIN) rc = backend_store(ctx, r, w->cfg->result_expires, err, errlen);
+    return rc;
+}
+
 /* Python clients show the traceback text; ours names the task and the error. */
 static char *make_traceback(const job *j, const task_outcome *out)
 {
@@ -94,7 +186,9 @@ static void exception_repr(buf *out, const task_outcome *o)
     buf_putc(out, ')');
 }
 
-static void store_outcome(slot *s, job *j, task_outcome *out, double runtime)
+/* Store the outcome, emit its event, and ack j when `ack` (acks_late:
+ * after the result is stored, PROTOCOL §4.2). */
+static void store_outcome(slot *s, job *j, task_outcome *out, double runtime, int ack)
 {
     worker *w = s->w;
     char err[256];
@@ -130,8 +224,7 @@ static void store_outcome(slot *s, job *j, task_outcome *out, double runtime)
                    strchr(w->hostname, '@') ? strchr(w->hostname, '@') + 1 : w->hostname);
         const char *queue = j->msg.routing_key ? j->msg.routing_key : w->cfg->task_default_queue;
         if (message_build_retry(&j->msg, eta, buf_cstr(&origin), &msg) != 0 ||
-            transport_publish(s->broker, &w->topts, queue, j->msg.priority, msg.data, msg.len,
-                              err, sizeof err) != 0) {
+            publish_retrying(s, queue, j->msg.priority, msg.data, msg.len, err, sizeof err) != 0) {
             log_error("Task %s[%s] asked to retry but the retry could not be published (%s); "
                       "storing FAILURE", j->msg.task, j->msg.id, err);
             r.status = BACKEND_FAILURE;
@@ -161,10 +254,28 @@ static void store_outcome(slot *s, job *j, task_outcome *out, double runtime)
     }
     task_metric(j->msg.task, "ptel_tasks_total", backend_status_name(r.status), 1);
     task_metric(j->msg.task, "ptel_task_runtime_seconds", NULL, runtime);
-    if (!j->settings.ignore_result &&
-        backend_store(s->backend, &r, w->cfg->result_expires, err, sizeof err) < 0)
-        log_error("Could not store %s for %s[%s]: %s", backend_status_name(r.status),
-                  j->msg.task, j->msg.id, err);
+    int ack_sent = 0;
+    if (!j->settings.ignore_result) {
+        int rc;
+        if (ack && can_pipeline(s, j)) {
+            char ack_err[256];
+            int ack_rc;
+            rc = store_then_ack(s, j, &r, err, sizeof err, &ack_rc, ack_err, sizeof ack_err);
+            if (rc < 0 && s->broker->err) {
+                /* Lost connection: retry the store on a fresh one; the ack
+                 * follows the events, as without pipelining. */
+                rc = store_retrying(s, &r, err, sizeof err);
+            } else {
+                settle_ack(j, ack_rc, ack_err);
+                ack_sent = 1;
+            }
+        } else {
+            rc = store_retrying(s, &r, err, sizeof err);
+        }
+        if (rc < 0)
+            log_error("Could not store %s for %s[%s]: %s", backend_status_name(r.status),
+                      j->msg.task, j->msg.id, err);
+    }
     /* Events after the result is stored, as Celery's on_success/on_failure. */
     if (r.status != BACKEND_SUCCESS && !line.len) exception_repr(&line, out);
     if (r.status == BACKEND_SUCCESS)
@@ -173,6 +284,7 @@ static void store_outcome(slot *s, job *j, task_outcome *out, double runtime)
         remote_task_retried(w->remote, j, buf_cstr(&line), traceback);
     else
         remote_task_failed(w->remote, j, buf_cstr(&line), traceback);
+    if (ack && !ack_sent) job_ack(s->broker, w, j);
     pj_free(children);
     free(traceback);
     buf_free(&line);
@@ -232,14 +344,28 @@ static void run_job(slot *s, job *j)
         return;
     }
     if (wait_rate_limit(s, j) != 0) return;
-    if (!j->settings.acks_late) job_ack(s->broker, w, j);
+    int ack_early = !j->settings.acks_late;
     if (w->cfg->task_track_started && !j->settings.ignore_result) {
         backend_result r = {.task_id = j->msg.id, .status = BACKEND_STARTED,
                             .pid = getpid(), .hostname = w->hostname,
                             .parent_id = j->msg.parent_id, .group_id = j->msg.group};
         char err[256];
-        if (backend_store(s->backend, &r, w->cfg->result_expires, err, sizeof err) < 0)
+        int rc;
+        if (ack_early && can_pipeline(s, j)) {
+            /* Early ack and STARTED in one round trip. Celery sends them
+             * from two processes, in either order (PROTOCOL §4.2). */
+            char ack_err[256];
+            int ack_rc;
+            rc = store_then_ack(s, j, &r, err, sizeof err, &ack_rc, ack_err, sizeof ack_err);
+            settle_ack(j, ack_rc, ack_err);
+        } else {
+            if (ack_early) job_ack(s->broker, w, j);
+            rc = backend_store(s->backend, &r, w->cfg->result_expires, err, sizeof err);
+        }
+        if (rc < 0)
             log_error("Could not store STARTED for %s[%s]: %s", j->msg.task, j->msg.id, err);
+    } else if (ack_early) {
+        job_ack(s->broker, w, j);
     }
 
     task_context ctx = {
@@ -285,8 +411,7 @@ static void run_job(slot *s, job *j)
         remote_task_revoked(w->remote, j, 1, 0);
         job_ack(s->broker, w, j);
     } else if (!abandoned) {
-        store_outcome(s, j, &out, runtime);
-        if (j->settings.acks_late) job_ack(s->broker, w, j);
+        store_outcome(s, j, &out, runtime, j->settings.acks_late);
     } else {
         log_warning("Task %s[%s] returned %.1fs after its hard time limit; its outcome is "
                     "discarded (FAILURE TimeLimitExceeded was already stored)",
@@ -559,7 +684,9 @@ void pool_join(worker *w)
 
 void pool_free(worker *w)
 {
-    for (int i = 0; i < w->n_slots; i++)
+    /* w->slots is NULL when start-up stopped before pool_start (e.g. SIGTERM
+     * while the broker was still unreachable), though n_slots is set. */
+    for (int i = 0; w->slots && i < w->n_slots; i++)
         if (w->slots[i]) slot_free(w->slots[i]);
     free(w->slots);
     w->slots = NULL;
