@@ -35,19 +35,25 @@ void job_free(job *j)
     free(j);
 }
 
+void job_ack_settled(job *j, int ack_rc, const char *err)
+{
+    if (ack_rc == 0) {
+        j->acked = 1;
+        return;
+    }
+    log_error("Could not ack %s[%s] (tag %s): %s; it stays in unacked and will be "
+              "restored after the visibility timeout", j->msg.task, j->msg.id,
+              j->msg.delivery_tag, err);
+}
+
 int job_ack(redisContext *ctx, worker *w, job *j)
 {
     if (j->acked) return 0;
     char err[256];
     const char *tags[1] = {j->msg.delivery_tag};
-    if (transport_ack(ctx, &w->topts, tags, 1, err, sizeof err) != 0) {
-        log_error("Could not ack %s[%s] (tag %s): %s; it stays in unacked and will be "
-                  "restored after the visibility timeout", j->msg.task, j->msg.id,
-                  j->msg.delivery_tag, err);
-        return -1;
-    }
-    j->acked = 1;
-    return 0;
+    int rc = transport_ack(ctx, &w->topts, tags, 1, err, sizeof err) != 0 ? -1 : 0;
+    job_ack_settled(j, rc, err);
+    return rc;
 }
 
 static void store(redisContext *ctx, worker *w, const backend_result *r)

@@ -116,19 +116,6 @@ static int store_retrying(slot *s, const backend_result *r, char *err, size_t er
 
 /* ---- Pipelined store + ack ---------------------------------------------------- */
 
-/* Settle j after its ack was sent; a failure is logged as job_ack logs it
- * (worker/jobs.c) and the job stays unacked. */
-static void settle_ack(job *j, int ack_rc, const char *err)
-{
-    if (ack_rc == 0) {
-        j->acked = 1;
-        return;
-    }
-    log_error("Could not ack %s[%s] (tag %s): %s; it stays in unacked and will be "
-              "restored after the visibility timeout", j->msg.task, j->msg.id,
-              j->msg.delivery_tag, err);
-}
-
 /* A store and an ack can share one round trip when broker and backend are
  * the same live connection. */
 static int can_pipeline(const slot *s, const job *j)
@@ -140,7 +127,7 @@ static int can_pipeline(const slot *s, const job *j)
  * queued, then both replies read. The store is queued first, so an
  * acks_late ack still lands after its result. Returns what backend_store
  * returns; the ack's status goes to *ack_rc (reason in ack_err), for
- * settle_ack. */
+ * job_ack_settled. */
 static int store_then_ack(slot *s, job *j, const backend_result *r, char *err, size_t errlen,
                           int *ack_rc, char *ack_err, size_t ack_errlen)
 {
@@ -266,7 +253,7 @@ static void store_outcome(slot *s, job *j, task_outcome *out, double runtime, in
                  * follows the events, as without pipelining. */
                 rc = store_retrying(s, &r, err, sizeof err);
             } else {
-                settle_ack(j, ack_rc, ack_err);
+                job_ack_settled(j, ack_rc, ack_err);
                 ack_sent = 1;
             }
         } else {
@@ -357,7 +344,7 @@ static void run_job(slot *s, job *j)
             char ack_err[256];
             int ack_rc;
             rc = store_then_ack(s, j, &r, err, sizeof err, &ack_rc, ack_err, sizeof ack_err);
-            settle_ack(j, ack_rc, ack_err);
+            job_ack_settled(j, ack_rc, ack_err);
         } else {
             if (ack_early) job_ack(s->broker, w, j);
             rc = backend_store(s->backend, &r, w->cfg->result_expires, err, sizeof err);

@@ -138,6 +138,9 @@ void pool_resize(worker *w, int n_slots);
 /* jobs.c: result storing and acking shared by consumer, pool and main. */
 void job_free(job *j);
 int job_ack(redisContext *ctx, worker *w, job *j);
+/* Record the result of an ack sent some other way (pipelined): acked on 0,
+ * else the operator line job_ack writes; the job stays unacked. */
+void job_ack_settled(job *j, int ack_rc, const char *err);
 void job_store_failure(redisContext *ctx, worker *w, const char *task_id,
                        const char *exc_type, const char *exc_module, const char *message,
                        const char *traceback);
