@@ -60,6 +60,7 @@ typedef struct ch_error {
 #define CH_ERR_WRONG_PASSWORD         193
 #define CH_ERR_SOCKET_TIMEOUT         209
 #define CH_ERR_NETWORK_ERROR          210
+#define CH_ERR_QUERY_ID_RUNNING       216   /* QUERY_WITH_SAME_ID_IS_ALREADY_RUNNING: HTTP 500 */
 #define CH_ERR_MEMORY_LIMIT_EXCEEDED  241
 #define CH_ERR_TABLE_IS_READ_ONLY     242
 #define CH_ERR_NOT_ENOUGH_SPACE       243
@@ -95,6 +96,13 @@ const char *ch_client_database(const ch_client *c);
 void ch_client_set_timeouts(ch_client *c, long connect_ms, long total_ms);
 /* Bodies of at least `bytes` are gzipped; 0 disables compression. */
 void ch_client_set_gzip_threshold(ch_client *c, size_t bytes);
+/* Send the NEXT request (only that one: ch_query, ch_insert, ...) with
+ * ?query_id=<query_id>; NULL or "" sends none. The server lists a running
+ * query under this id in system.processes and refuses a second query with an
+ * id that is still running (code 216, CH_ERR_QUERY_ID_RUNNING), which lets a
+ * caller tell whether a request it gave up on (a timeout) is still executing
+ * there. Copied. Ignored by chdb:// clients. */
+void ch_client_set_query_id(ch_client *c, const char *query_id);
 
 /* Counters since ch_client_new, for metrics and tests. */
 typedef struct ch_client_stats {

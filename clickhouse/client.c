@@ -49,6 +49,7 @@ struct ch_client {
     int exception_code;               /* from the response header, 0 if none */
     char curl_err[CURL_ERROR_SIZE];
     ch_client_stats stats;
+    char *next_query_id;              /* ch_client_set_query_id: the next request only */
 };
 
 /* ---- Errors ------------------------------------------------------------------ */
@@ -572,6 +573,7 @@ void ch_client_free(ch_client *c)
     buf_free(&c->url);
     buf_free(&c->gz);
     buf_free(&c->resp);
+    free(c->next_query_id);
     free(c);
 }
 
@@ -640,6 +642,14 @@ static void build_url(ch_client *c, int flags, const char *query, const char *pa
         buf_puts(&c->url, parts[i]);
         sep = '&';
     }
+    if (c->next_query_id != NULL) {
+        char *q = curl_easy_escape(c->curl, c->next_query_id, 0);
+        buf_putc(&c->url, sep);
+        buf_puts(&c->url, "query_id=");
+        buf_puts(&c->url, q);
+        curl_free(q);
+        sep = '&';
+    }
     if (query != NULL) {
         char *q = curl_easy_escape(c->curl, query, 0);
         buf_putc(&c->url, sep);
@@ -663,8 +673,14 @@ static int curl_transient(CURLcode rc)
     }
 }
 
-int ch_request(ch_client *c, int flags, const char *query, const char *params,
-               const char *body, size_t body_len, buf *out, ch_error *err)
+void ch_client_set_query_id(ch_client *c, const char *query_id)
+{
+    free(c->next_query_id);
+    c->next_query_id = query_id && query_id[0] ? xstrdup(query_id) : NULL;
+}
+
+static int ch_request_once(ch_client *c, int flags, const char *query, const char *params,
+                           const char *body, size_t body_len, buf *out, ch_error *err)
 {
     if (c->chdb != NULL) {
         c->stats.requests++;
@@ -738,6 +754,14 @@ int ch_request(ch_client *c, int flags, const char *query, const char *params,
     }
     if (out != NULL && c->resp.len > 0) buf_append(out, c->resp.data, c->resp.len);
     return 0;
+}
+
+int ch_request(ch_client *c, int flags, const char *query, const char *params,
+               const char *body, size_t body_len, buf *out, ch_error *err)
+{
+    int rc = ch_request_once(c, flags, query, params, body, body_len, out, err);
+    ch_client_set_query_id(c, NULL);   /* it named this request only */
+    return rc;
 }
 
 int ch_query(ch_client *c, const char *sql, buf *out, ch_error *err)

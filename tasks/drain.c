@@ -39,7 +39,20 @@
  *      SELECT org_id_hash, event_id ... WHERE (org_id_hash, event_id) IN (...)
  *      per batch, and rows already present are skipped (counted as
  *      processed). A first delivery cannot have been inserted before, so the
- *      common path costs no query. */
+ *      common path costs no query.
+ *  (c) the dedup check must not run while an insert of the same rows is
+ *      still on its way: one whose answer we gave up on (a frozen server runs
+ *      it when it thaws), or the previous owner's of reclaimed entries. Every
+ *      insert is sent with query_id = its token; after either event the check
+ *      first waits until system.processes shows no such insert started before
+ *      it (fence), and after an unanswered insert its SELECTs carry that
+ *      insert's query_id, so a late copy and the check cannot overlap (the
+ *      server refuses a second query with a running id: code 216, retried).
+ *  (d) two consumers must never both insert one entry: a held batch is
+ *      re-checked before each insert and kept fresh during back-off
+ *      (hold_batch: an atomic owner check + XCLAIM JUSTID per entry), so no
+ *      XAUTOCLAIM takes it while we retry, and entries another consumer did
+ *      take over are dropped from the batch, not inserted or acked. */
 #include "tasks/drain.h"
 
 #include <math.h>
@@ -74,6 +87,7 @@ typedef struct batch_entry {
     char **fail_reason;        /* per row, for ROW_FAILED */
     int dlq_written;
     int acked;
+    int lost;                  /* another consumer took it over: neither stored nor acked here */
 } batch_entry;
 
 struct drain_batch {
@@ -154,7 +168,12 @@ static void batch_add(drain_session *s, const drain_read_entry *re)
         b->cap = b->cap ? b->cap * 2 : 64;
         b->e = xrealloc(b->e, b->cap * sizeof(*b->e));
     }
-    if (b->n == 0) b->started = time_monotonic();
+    if (b->n == 0) {
+        b->started = time_monotonic();
+        /* Reading an entry (new or from our pending list) makes it ours
+         * with a fresh idle time: the batch is held as of its first read. */
+        s->held_at = b->started;
+    }
     batch_entry *be = &b->e[b->n++];
     memset(be, 0, sizeof(*be));
     be->stream = xstrdup(re->stream->key);
@@ -215,6 +234,73 @@ static int batch_full(const drain_session *s)
            (time_monotonic() - b->started) * 1000 >= s->o.batch_max_ms;
 }
 
+/* ---- Holding the batch -------------------------------------------------------------------- */
+
+/* A batch is held while its entries are pending for this consumer with an
+ * idle time below reclaim_idle_ms: until then no other consumer's XAUTOCLAIM
+ * can take them. An insert starts only within hold_slack of the last check
+ * (hold_batch), so it reaches ClickHouse while the entries are surely ours,
+ * and at least 3/4 of reclaim_idle_ms before anyone can reclaim them (whose
+ * dedup check then waits for that insert: fence). */
+static double hold_slack(const drain_session *s) { return s->o.reclaim_idle_ms / 4000.0; }
+
+static int hold_fresh(const drain_session *s)
+{
+    return time_monotonic() - s->held_at < hold_slack(s);
+}
+
+/* Check (atomically, streams_hold) that every entry of the batch is still
+ * this consumer's, resetting its idle time; entries another consumer took
+ * over (it reclaimed them while ClickHouse kept failing here, or after a
+ * Redis outage) are dropped: not inserted, not dead-lettered, not acked,
+ * since the new owner handles them. -1 (err filled) when Redis failed; 1
+ * when an entry is no longer pending at all and now needs the dedup check. */
+static int hold_batch(drain_session *s, char *err, size_t errlen)
+{
+    drain_batch *b = s->batch;
+    const char **keys = xmalloc((b->n ? b->n : 1) * sizeof(*keys));
+    const char **ids = xmalloc((b->n ? b->n : 1) * sizeof(*ids));
+    size_t *at = xmalloc((b->n ? b->n : 1) * sizeof(*at));
+    size_t n = 0;
+    for (size_t i = 0; i < b->n; i++) {
+        if (b->e[i].acked) continue;
+        keys[n] = b->e[i].stream;
+        ids[n] = b->e[i].id;
+        at[n++] = i;
+    }
+    unsigned char *lost = xcalloc(n ? n : 1, 1);
+    double now = time_monotonic();
+    int rc = streams_hold(s, keys, ids, n, lost, err, errlen);
+    if (rc >= 0) {
+        size_t nlost = 0, first = 0;
+        for (size_t k = 0; k < n; k++) {
+            if (lost[k] == HOLD_GONE && !b->e[at[k]].check_dups) {
+                rc = 1;
+                /* Acked elsewhere, or trimmed from the stream: no one can
+                 * take it any more; store it unless its rows are there. */
+                b->e[at[k]].check_dups = 1;
+                if (s->fence_since <= 0) s->fence_since = now;
+            }
+            if (lost[k] != HOLD_LOST) continue;
+            batch_entry *be = &b->e[at[k]];
+            if (nlost++ == 0) first = at[k];
+            be->lost = be->acked = 1;
+        }
+        if (nlost)
+            log_warning("%zu entr%s of the batch being stored (first: stream %s entry %s) now "
+                        "belong%s to another consumer, which took %s over after %d ms idle; left "
+                        "to it: not inserted or acked here", nlost, nlost == 1 ? "y" : "ies",
+                        b->e[first].stream, b->e[first].id, nlost == 1 ? "s" : "", nlost == 1
+                        ? "it" : "them", s->o.reclaim_idle_ms);
+        s->held_at = now;
+    }
+    free(keys);
+    free(ids);
+    free(at);
+    free(lost);
+    return rc;
+}
+
 /* ---- Budget and back-off ------------------------------------------------------------------- */
 
 typedef struct retry_state {
@@ -239,8 +325,16 @@ static int backoff(drain_session *s, retry_state *rs)
     if (++rs->attempts >= limit && limit > 0) return -1;
     if (rs->delay_ms <= 0) rs->delay_ms = DRAIN_BACKOFF_FIRST_MS;
     long left = rs->delay_ms;
+    double tried = 0;
     while (left > 0) {
         if (stop_requested(s)) return -1;
+        /* Waiting with a batch: keep its entries from going idle, so no
+         * other worker reclaims them while we wait for ClickHouse. */
+        if (s->batch->n > 0 && !hold_fresh(s) && time_monotonic() - tried >= hold_slack(s)) {
+            char herr[256];
+            tried = time_monotonic();
+            hold_batch(s, herr, sizeof herr);   /* a Redis failure is logged by streams.c */
+        }
         long step = left < 50 ? left : 50;
         struct timespec ts = {0, step * 1000000L};
         nanosleep(&ts, NULL);
@@ -416,7 +510,7 @@ static int dedup_rows(drain_session *s, ch_error *e)
     size_t *ce = xmalloc(n * sizeof(size_t)), *cr = xmalloc(n * sizeof(size_t));
     n = 0;
     for (size_t i = 0; i < b->n; i++) {
-        if (!b->e[i].check_dups) continue;
+        if (!b->e[i].check_dups || b->e[i].lost) continue;
         for (size_t r = 0; r < b->e[i].t.n_rows; r++)
             if (b->e[i].state[r] == ROW_PENDING) ce[n] = i, cr[n++] = r;
     }
@@ -438,6 +532,11 @@ static int dedup_rows(drain_session *s, ch_error *e)
         }
         buf_puts(&sql, ") FORMAT TabSeparated");
         buf_reset(&result);
+        /* Under the id of an insert that failed without an answer: should
+         * that insert still reach the server (a thawed SIGSTOP) while this
+         * SELECT runs, one of the two is refused (code 216), instead of the
+         * SELECT missing rows that land just after it. */
+        ch_client_set_query_id(s->ch, s->uncertain_qid);
         rc = ch_query(s->ch, buf_cstr(&sql), &result, e);
         if (rc == 0) mark_found(s, ce, cr, start, i, &result, &found);
         start = i;
@@ -450,6 +549,51 @@ static int dedup_rows(drain_session *s, ch_error *e)
     free(ce);
     free(cr);
     return rc;
+}
+
+/* ---- Fence: inserts still running ------------------------------------------------------------- */
+
+/* An insert the client gave up on (timeout, connection lost) may still be
+ * executed by the server afterwards: a frozen server (SIGSTOP, a stall)
+ * runs it when it thaws. So may the insert of a consumer whose entries we
+ * just reclaimed. A dedup SELECT that runs before such an insert finishes
+ * finds nothing and the rows are stored twice. Every drain insert carries
+ * query_id = its dedup token ("ptel-..."), so before the dedup check that
+ * follows such an event (s->fence_since: a failed insert, a reclaim, a new
+ * session), wait until system.processes lists no "ptel-" query that started
+ * before it (inserts, and the odd dedup SELECT sent under an insert's id,
+ * which is short). -1 with a transient error while some still run (the caller
+ * backs off and asks again, within the run's budget). */
+static int fence(drain_session *s, ch_error *e)
+{
+    if (s->fence_since <= 0 || s->fence_unsupported) return 0;
+    double age = time_monotonic() - s->fence_since;
+    char sql[256];
+    snprintf(sql, sizeof sql, "SELECT count() FROM system.processes WHERE query_id LIKE 'ptel-%%' "
+             "AND elapsed >= %.3f", age > 0.001 ? age - 0.001 : 0.0);
+    buf out = BUF_INIT;
+    int rc = ch_query(s->ch, sql, &out, e);
+    long running = rc == 0 ? strtol(buf_cstr(&out), NULL, 10) : 0;
+    buf_free(&out);
+    if (rc != 0 && !e->transient) {
+        log_warning("ClickHouse %s: cannot read system.processes (%s): redelivered rows are "
+                    "checked without waiting for inserts that may still be running there",
+                    ch_client_redacted_url(s->ch), e->msg);
+        s->fence_unsupported = 1;
+        return 0;
+    }
+    if (rc != 0) return -1;
+    if (running > 0) {
+        e->code = 0;
+        e->http_status = 0;
+        e->transient = 1;
+        snprintf(e->msg, sizeof e->msg, "%ld insert(s) sent before an unanswered insert or a "
+                 "takeover are still running on the server; waiting for them before checking "
+                 "which rows are already stored", running);
+        return -1;
+    }
+    s->fence_since = 0;
+    return 0;
 }
 
 /* ---- Insert with split ----------------------------------------------------------------------- */
@@ -486,14 +630,22 @@ static void mark_range(drain_session *s, size_t first, size_t count, int state, 
     }
 }
 
+#define INSERT_UNHELD (-2)   /* insert_split: the hold is stale, check ownership again */
+
 /* Insert rows [first, first+count); when ClickHouse blames the rows, split
  * until the refused ones stand alone. -1 only for errors splitting cannot
- * fix (e filled): nothing of that range is marked. */
-static int insert_split(drain_session *s, size_t first, size_t count, ch_error *e)
+ * fix (e filled): nothing of that range is marked. INSERT_UNHELD before a
+ * split's request when the batch was last held too long ago (the caller
+ * holds it right before the first request). */
+static int insert_split(drain_session *s, size_t first, size_t count, int split, ch_error *e)
 {
+    if (split && !hold_fresh(s)) return INSERT_UNHELD;
     char token[64];
     dedup_token(s, first, count, token, sizeof token);
     double t0 = time_monotonic();
+    /* query_id = the token: the fence and the dedup SELECT find this insert
+     * by it if the server still runs it after we stopped waiting. */
+    ch_client_set_query_id(s->ch, token);
     int rc = ch_insert_range(s->ch, s->o.clickhouse_table, s->chb, first, count, token, e);
     if (rc == 0) {
         metrics_observe("ptel_clickhouse_insert_seconds", "", time_monotonic() - t0);
@@ -503,7 +655,13 @@ static int insert_split(drain_session *s, size_t first, size_t count, ch_error *
     }
     metrics_add("ptel_clickhouse_errors_total",
                 e->transient ? "class=\"transient\"" : "class=\"permanent\"", 1);
-    if (!ch_error_blames_rows(e)) return -1;
+    if (!ch_error_blames_rows(e)) {
+        /* No answer, or one that does not say the rows were refused: the
+         * server may still run (or be running) this insert. */
+        snprintf(s->uncertain_qid, sizeof s->uncertain_qid, "%s", token);
+        s->fence_since = time_monotonic();
+        return -1;
+    }
     if (count == 1) {
         batch_entry *be = &s->batch->e[s->batch->ref_entry[first]];
         size_t r = s->batch->ref_row[first];
@@ -519,22 +677,21 @@ static int insert_split(drain_session *s, size_t first, size_t count, ch_error *
     log_warning("ClickHouse refused a batch of %zu rows (code %d: %.200s): splitting it to isolate "
                 "the bad row(s)", count, e->code, e->msg);
     size_t half = count / 2;
-    if (insert_split(s, first, half, e) != 0) return -1;
-    return insert_split(s, first + half, count - half, e);
+    int hrc = insert_split(s, first, half, 1, e);
+    if (hrc != 0) return hrc;
+    return insert_split(s, first + half, count - half, 1, e);
 }
 
-/* Encode every pending row and insert. 0: every row is stored or failed. */
-static int store_rows(drain_session *s, ch_error *e)
+/* Encode the pending rows of the entries not lost; the number of rows. */
+static size_t encode_rows(drain_session *s)
 {
     drain_batch *b = s->batch;
-    if (b->rows == 0) return 0;
-    if (ensure_table(s, e) != 0) return -1;
-    if (dedup_rows(s, e) != 0) return -1;
     ch_batch_reset(s->chb);
     b->nref = 0;
     int64_t now = time_now_us();
     for (size_t i = 0; i < b->n; i++) {
         batch_entry *be = &b->e[i];
+        if (be->lost) continue;
         for (size_t r = 0; r < be->t.n_rows; r++) {
             if (be->state[r] != ROW_PENDING) continue;
             if (ch_batch_add(s->chb, &be->t.rows[r], now) != 0) {
@@ -554,8 +711,42 @@ static int store_rows(drain_session *s, ch_error *e)
             b->ref_row[b->nref++] = r;
         }
     }
-    if (b->nref == 0) return 0;
-    return insert_split(s, 0, b->nref, e);
+    return b->nref;
+}
+
+static size_t count_lost(const drain_batch *b)
+{
+    size_t n = 0;
+    for (size_t i = 0; i < b->n; i++) n += b->e[i].lost;
+    return n;
+}
+
+/* Encode every pending row of the entries still held and insert them.
+ * 0: every such row is stored or failed. -1: ClickHouse failed (e filled).
+ * -2: Redis failed while checking ownership (err filled): nothing inserted. */
+static int store_rows(drain_session *s, ch_error *e, char *err, size_t errlen)
+{
+    drain_batch *b = s->batch;
+    if (b->rows == 0) return 0;
+    if (ensure_table(s, e) != 0) return -1;
+    /* Asked (and cached) now, so the version query ch_insert_range makes
+     * once cannot take the query_id meant for the insert. */
+    if (ch_server_version(s->ch, NULL, NULL, e) != 0) return -1;
+    if (fence(s, e) != 0) return -1;
+    if (dedup_rows(s, e) != 0) return -1;
+    for (;;) {
+        if (encode_rows(s) == 0) return 0;
+        /* Held right before the request (encoding may take a while). */
+        if (!hold_fresh(s)) {
+            size_t lost = count_lost(b);
+            int h = hold_batch(s, err, errlen);
+            if (h < 0) return -2;
+            if (h > 0 && (fence(s, e) != 0 || dedup_rows(s, e) != 0)) return -1;
+            if (h > 0 || count_lost(b) != lost) continue;   /* re-encode what is left */
+        }
+        int rc = insert_split(s, 0, b->nref, 0, e);
+        if (rc != INSERT_UNHELD) return rc;
+    }
 }
 
 /* ---- Dead-letter and ack ---------------------------------------------------------------------- */
@@ -697,10 +888,27 @@ static int flush(drain_session *s, char *err, size_t errlen)
     retry_state rs = {0, 0};
     int rc = 0;
     for (;;) {
+        size_t held = 0;
+        for (size_t i = 0; i < b->n; i++) held += !b->e[i].lost;
+        if (held == 0) break;   /* all taken over while we waited: nothing left to do */
         ch_error e;
-        if (store_rows(s, &e) == 0) {
+        int src = store_rows(s, &e, err, errlen);
+        if (src == 0) {
             ch_ok(s);
+            s->uncertain_qid[0] = '\0';
             break;
+        }
+        if (src == -2) {
+            /* Redis down: whether the entries are still ours is unknown, so
+             * nothing is inserted (streams.c logs the outage once). */
+            if (backoff(s, &rs) != 0) {
+                size_t used = strlen(err);
+                snprintf(err + used, errlen - used, "; %zu entr%s left pending for the next run",
+                         b->n, b->n == 1 ? "y" : "ies");
+                rc = -1;
+                break;
+            }
+            continue;
         }
         ch_failed(s, &e);
         if (!e.transient) s->have_table = 0;   /* the table may be recreated meanwhile */
@@ -724,6 +932,7 @@ static int flush(drain_session *s, char *err, size_t errlen)
         }
     }
     batch_clear(b);
+    s->held_at = 0;
     report_progress(s);
     return rc;
 }
@@ -906,6 +1115,9 @@ drain_session *drain_session_new(const drain_options *o, char *err, size_t errle
     s->dlq.stream_pattern = s->o.stream_pattern;
     strcpy(s->scan_cursor, "0");
     s->batch = xcalloc(1, sizeof(*s->batch));
+    /* An earlier process under this consumer name (a restarted slot) may
+     * have left an insert running: the first dedup check waits for it. */
+    s->fence_since = time_monotonic();
 
     const char *fmt = o->clickhouse_format;
     s->format = ch_format_default();
@@ -944,9 +1156,12 @@ fail:
     return NULL;
 }
 
+/* With leave_on_exit, the consumer leaves its groups here (streams_leave):
+ * the session's Redis I/O ends with it. */
 void drain_session_free(drain_session *s)
 {
     if (!s) return;
+    if (s->o.leave_on_exit) streams_leave(s);
     batch_free(s->batch);
     streams_free(s);
     if (s->redis) redisFree(s->redis);

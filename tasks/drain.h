@@ -43,7 +43,8 @@ typedef struct drain_options {
     const char *redis_url;           /* telemetry Redis (REDIS_URL); required */
     const char *stream_pattern;      /* SCAN MATCH pattern */
     const char *group;               /* consumer group */
-    const char *consumer;            /* stable per worker slot, "<node>#<slot>"; required */
+    const char *consumer;            /* stable per worker slot, "<node>#<slot>"; per process
+                                        for `ptel-worker drain`; required */
     const char *dlq_key;             /* default product-telemetry:dlq */
     long dlq_maxlen;
     const char *clickhouse_url;      /* required */
@@ -63,6 +64,10 @@ typedef struct drain_options {
     int retention_days;              /* legacy servers only (no TTL); < 0 disables */
     const char *hostname;            /* `worker` field of DLQ records */
     const char *stream_key;          /* optional: drain only this key (must match the pattern) */
+    int leave_on_exit;               /* the consumer name is this process's own (`ptel-worker
+                                        drain`): drain_session_free deletes it from the groups
+                                        it holds nothing in, and marks what it still holds
+                                        idle so another consumer reclaims it at once */
 } drain_options;
 
 typedef struct drain_result {
@@ -91,7 +96,8 @@ typedef struct drain_request {
 
 /* Validates the options and prepares the connections (no I/O: Redis and
  * ClickHouse are connected on first use, and reconnected by drain_run as
- * needed). NULL with a reason in err when an option is unusable. */
+ * needed). NULL with a reason in err when an option is unusable.
+ * drain_session_free does Redis I/O when leave_on_exit is set (see there). */
 typedef struct drain_session drain_session;
 drain_session *drain_session_new(const drain_options *o, char *err, size_t errlen);
 void drain_session_free(drain_session *s);
@@ -100,7 +106,8 @@ void drain_session_free(drain_session *s);
  * done. 0: the run ended normally (limit, drained, deadline or cancel).
  * -1: it ended because Redis or ClickHouse stayed unavailable for the whole
  * budget; err says which, and unstored entries are left pending (they are
- * re-read as this consumer's own pending entries by the next run). */
+ * re-read as this consumer's own pending entries by the next run, or, with
+ * leave_on_exit, reclaimed by the next drain). */
 int drain_run(drain_session *s, const drain_request *req, drain_result *out,
               char *err, size_t errlen);
 

@@ -74,6 +74,12 @@ struct drain_session {
     double last_refresh;          /* monotonic; 0 = never */
     int streams_warned_limit;
     double last_reclaim;
+    double fence_since;           /* monotonic; 0 none: before the next dedup check, wait for
+                                     drain inserts started before this (drain.c fence) */
+    double held_at;               /* monotonic time the batch's ownership was last checked */
+    char uncertain_qid[64];       /* query_id of an insert that failed without an answer (it
+                                     may still run there); "" none */
+    int fence_unsupported;        /* system.processes not readable: no fence (warned once) */
 
     drain_batch *batch;
     const drain_request *req;     /* the run in progress */
@@ -92,6 +98,16 @@ size_t streams_collect(drain_session *s, redisReply *reply, drain_read_entry **o
 int streams_delivery_counts(drain_session *s, drain_read_entry *e, size_t n, char *err, size_t errlen);
 int streams_reclaim(drain_session *s, long long *claimed, char *err, size_t errlen);
 int streams_ack(drain_session *s, const char *key, const char **ids, size_t n, char *err, size_t errlen);
+/* For each (keys[i], ids[i]) still pending for this consumer: reset its idle
+ * time (lost[i] stays 0); HOLD_LOST where another consumer holds it,
+ * HOLD_GONE where it is not pending at all (acked elsewhere, or its stream
+ * entry was deleted). Atomic per entry against XAUTOCLAIM. -1 (err filled)
+ * when Redis failed: ownership unknown. */
+enum { HOLD_LOST = 1, HOLD_GONE = 2 };
+int streams_hold(drain_session *s, const char **keys, const char **ids, size_t n,
+                 unsigned char *lost, char *err, size_t errlen);
+/* leave_on_exit: delete this consumer where it holds nothing, release the rest. */
+void streams_leave(drain_session *s);
 void streams_free(drain_session *s);
 
 #endif

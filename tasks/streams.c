@@ -483,6 +483,9 @@ int streams_reclaim(drain_session *s, long long *claimed, char *err, size_t errl
             if (got > 0) {
                 log_info("stream %s: took over %zu entr%s idle for more than %d ms from other "
                          "consumers", st->key, got, got == 1 ? "y" : "ies", s->o.reclaim_idle_ms);
+                /* The old owner may have an insert of them still running in
+                 * ClickHouse: the dedup check waits for it (drain.c fence). */
+                s->fence_since = time_monotonic();
                 *claimed += (long long)got;
                 st->pending_done = 0;
                 strcpy(st->pending_cursor, "0");
@@ -495,6 +498,197 @@ int streams_reclaim(drain_session *s, long long *claimed, char *err, size_t errl
         freeReplyObject(r);
     }
     return 0;
+}
+
+/* ---- Holding a batch ------------------------------------------------------------------------- */
+
+/* KEYS[1] stream, ARGV group, consumer, ids...: for each id still pending
+ * for this consumer, XCLAIM it to itself (JUSTID: the delivery count stays,
+ * the idle time restarts at 0); return {ids pending for another consumer,
+ * ids no longer pending at all}. The second kind was acked by a consumer
+ * that took it over and is done, or its stream entry was deleted (MAXLEN
+ * trim: Redis 7 then drops it from the PEL on XCLAIM): no one else can take
+ * it any more, so the caller keeps it with the dedup check rather than lose
+ * its events. A script runs atomically, so no XAUTOCLAIM
+ * can move an entry between the XPENDING check and the XCLAIM: either the
+ * reclaimer took it first and we learn we lost it, or we reset its idle time
+ * first and the reclaimer (min idle reclaim_idle_ms) does not take it. */
+static const char hold_script[] =
+    "if redis.replicate_commands then redis.replicate_commands() end\n"
+    "local lost, gone = {}, {}\n"
+    "for i = 3, #ARGV do\n"
+    "    local p = redis.call('XPENDING', KEYS[1], ARGV[1], ARGV[i], ARGV[i], 1)\n"
+    "    if #p == 0 then\n"
+    "        gone[#gone + 1] = ARGV[i]\n"
+    "    elseif p[1][2] ~= ARGV[2] then\n"
+    "        lost[#lost + 1] = ARGV[i]\n"
+    "    else\n"
+    "        redis.call('XCLAIM', KEYS[1], ARGV[1], ARGV[2], 0, ARGV[i], 'JUSTID')\n"
+    "    end\n"
+    "end\n"
+    "return {lost, gone}\n";
+
+#define HOLD_IDS_PER_CALL 500   /* ids per script call: keeps each call well under a millisecond */
+
+typedef struct hold_ref {
+    const char *key;
+    size_t i;
+} hold_ref;
+
+static int hold_ref_cmp(const void *x, const void *y)
+{
+    const hold_ref *a = x, *b = y;
+    int d = strcmp(a->key, b->key);
+    return d ? d : (a->i > b->i) - (a->i < b->i);
+}
+
+int streams_hold(drain_session *s, const char **keys, const char **ids, size_t n,
+                 unsigned char *lost, char *err, size_t errlen)
+{
+    if (n == 0) return 0;
+    if (streams_redis_ready(s, err, errlen) != 0) return -1;
+    hold_ref *ref = xmalloc(n * sizeof(*ref));
+    for (size_t i = 0; i < n; i++) ref[i] = (hold_ref){keys[i], i};
+    qsort(ref, n, sizeof(*ref), hold_ref_cmp);
+    const char **argv = xmalloc((6 + HOLD_IDS_PER_CALL) * sizeof(*argv));
+    size_t calls = 0;
+    for (size_t a = 0; a < n;) {
+        size_t b = a;
+        while (b < n && b - a < HOLD_IDS_PER_CALL && strcmp(ref[b].key, ref[a].key) == 0) b++;
+        int argc = 0;
+        argv[argc++] = "EVAL";
+        argv[argc++] = hold_script;
+        argv[argc++] = "1";
+        argv[argc++] = ref[a].key;
+        argv[argc++] = s->o.group;
+        argv[argc++] = s->o.consumer;
+        for (size_t k = a; k < b; k++) argv[argc++] = ids[ref[k].i];
+        redisAppendCommandArgv(s->redis, argc, argv, NULL);
+        calls++;
+        a = b;
+    }
+    free(argv);
+    int rc = 0;
+    size_t a = 0;
+    for (size_t c = 0; c < calls; c++) {
+        size_t b = a;
+        while (b < n && b - a < HOLD_IDS_PER_CALL && strcmp(ref[b].key, ref[a].key) == 0) b++;
+        void *rv = NULL;
+        if (redisGetReply(s->redis, &rv) != REDIS_OK) {
+            snprintf(err, errlen, "telemetry Redis %s: EVAL (batch ownership check) failed: %s",
+                     s->redis_redacted, s->redis->errstr);
+            streams_redis_lost(s, "EVAL");
+            rc = -1;
+            break;
+        }
+        redisReply *r = rv;
+        if (r->type == REDIS_REPLY_ARRAY && r->elements == 2) {
+            for (int kind = 0; kind < 2; kind++) {
+                const redisReply *list = r->element[kind];
+                size_t k = a;
+                for (size_t j = 0; list->type == REDIS_REPLY_ARRAY && j < list->elements; j++) {
+                    const redisReply *id = list->element[j];
+                    if (id->type != REDIS_REPLY_STRING) continue;
+                    while (k < b && strcmp(ids[ref[k].i], id->str) != 0) k++;
+                    if (k < b) lost[ref[k].i] = kind == 0 ? HOLD_LOST : HOLD_GONE;
+                }
+            }
+        } else if (r->type == REDIS_REPLY_ERROR && strstr(r->str, "NOGROUP")) {
+            /* The group is gone, and with it every pending entry: none of
+             * these is ours any more; the recreated group delivers them
+             * again, with the dedup check (ensure_group). */
+            for (size_t k = a; k < b; k++) lost[ref[k].i] = HOLD_LOST;
+        } else if (rc == 0) {
+            snprintf(err, errlen, "telemetry Redis %s: batch ownership check on %s: %s",
+                     s->redis_redacted, ref[a].key,
+                     r->type == REDIS_REPLY_ERROR ? r->str : "unexpected reply");
+            rc = -1;   /* keep reading the pipelined replies */
+        }
+        freeReplyObject(r);
+        a = b;
+    }
+    free(ref);
+    return rc;
+}
+
+/* ---- Leaving ------------------------------------------------------------------------------------ */
+
+/* Entries of this consumer in the stream, up to `count` after `after`
+ * (exclusive; "-" for the start). NULL on an error or a lost connection. */
+static redisReply *own_pending(drain_session *s, const char *key, const char *after, int count)
+{
+    char start[DRAIN_ID_MAX + 2], cnt[16];
+    if (strcmp(after, "-") == 0) snprintf(start, sizeof start, "-");
+    else snprintf(start, sizeof start, "(%s", after);
+    snprintf(cnt, sizeof cnt, "%d", count);
+    const char *argv[] = {"XPENDING", key, s->o.group, start, "+", cnt, s->o.consumer};
+    char err[256];
+    redisReply *r = command(s, 7, argv, NULL, err, sizeof err);
+    if (r && r->type != REDIS_REPLY_ARRAY) {
+        freeReplyObject(r);
+        r = NULL;
+    }
+    return r;
+}
+
+/* A consumer name used by one process only (leave_on_exit) goes away with
+ * it: where it holds nothing, XGROUP DELCONSUMER (DELCONSUMER would drop
+ * pending entries, hence the check first; no one else reads under this name,
+ * so nothing can join the list in between); where the run ended early and it
+ * still holds entries, they are marked idle for reclaim_idle_ms (XCLAIM to
+ * itself with IDLE, JUSTID: delivery counts unchanged), so the next drain's
+ * XAUTOCLAIM takes them over at once, with the dedup check, instead of
+ * reclaim_idle_ms later. Best effort: with Redis gone the consumer stays and
+ * its entries are reclaimed once idle. */
+void streams_leave(drain_session *s)
+{
+    if (!s->redis || s->redis->err) return;
+    char idle[24];
+    snprintf(idle, sizeof idle, "%d", s->o.reclaim_idle_ms);
+    for (size_t i = 0; i < s->n_streams && s->redis; i++) {
+        const char *key = s->streams[i].key;
+        char after[DRAIN_ID_MAX] = "-";
+        size_t released = 0;
+        int listed = 0;   /* the pending list was read to its end */
+        redisReply *r;
+        while ((r = own_pending(s, key, after, 1000)) != NULL) {
+            size_t n = r->elements;
+            if (n == 0) {
+                freeReplyObject(r);
+                listed = 1;
+                break;
+            }
+            const char **argv = xmalloc((n + 8) * sizeof(*argv));
+            int argc = 0;
+            argv[argc++] = "XCLAIM";
+            argv[argc++] = key;
+            argv[argc++] = s->o.group;
+            argv[argc++] = s->o.consumer;
+            argv[argc++] = "0";
+            for (size_t j = 0; j < n; j++) argv[argc++] = r->element[j]->element[0]->str;
+            argv[argc++] = "IDLE";
+            argv[argc++] = idle;
+            argv[argc++] = "JUSTID";
+            char err[256];
+            redisReply *c = command(s, argc, argv, NULL, err, sizeof err);
+            free(argv);
+            snprintf(after, sizeof after, "%s", r->element[n - 1]->element[0]->str);
+            freeReplyObject(r);
+            if (!c) break;
+            freeReplyObject(c);
+            released += n;
+        }
+        if (released > 0) {
+            log_info("stream %s: %zu unstored entr%s of consumer %s left for the next drain to "
+                     "take over at once (marked idle)", key, released, released == 1 ? "y" : "ies",
+                     s->o.consumer);
+        } else if (listed) {
+            const char *argv[] = {"XGROUP", "DELCONSUMER", key, s->o.group, s->o.consumer};
+            char err[256];
+            redisReply *d = command(s, 5, argv, NULL, err, sizeof err);
+            if (d) freeReplyObject(d);
+        }
+    }
 }
 
 /* ---- Ack -------------------------------------------------------------------------------------- */

@@ -609,6 +609,193 @@ START_TEST(test_drain_reclaims_entries_idle_at_another_consumer)
 }
 END_TEST
 
+/* The entries' owner in the group, for entry i of the stream's pending list. */
+static const char *pending_owner(const char *org, size_t i)
+{
+    static char owner[128];
+    char key[160];
+    stream_of(key, sizeof key, org);
+    redisReply *r = cmd("XPENDING %s product-telemetry-consumers - + 100", key);
+    ck_assert_uint_gt(r->elements, i);
+    snprintf(owner, sizeof owner, "%s", r->element[i]->element[1]->str);
+    freeReplyObject(r);
+    return owner;
+}
+
+typedef struct steal_arg {
+    const char *key;
+    int after_ms;
+} steal_arg;
+
+/* What another worker's XAUTOCLAIM does to a batch that went idle: take
+ * every pending entry over (min idle 0, so it works however fresh they are). */
+static void *steal(void *p)
+{
+    steal_arg *a = p;
+    usleep(a->after_ms * 1000);
+    int port;
+    char host[128];
+    sscanf(redis_url, "redis://%127[^:/]:%d", host, &port);
+    redisContext *c = redisConnect(host, port);
+    redisReply *r = redisCommand(c, "XAUTOCLAIM %s product-telemetry-consumers thief#1 0 0-0 "
+                                 "COUNT 100 JUSTID", a->key);
+    if (r) freeReplyObject(r);
+    redisFree(c);
+    return NULL;
+}
+
+START_TEST(test_drain_leaves_entries_another_consumer_took_over)
+{
+    xadd_valid("orga", "h1", 2);
+    xadd_valid("orga", "h2", 1);
+    char key[160];
+    stream_of(key, sizeof key, "orga");
+    /* ClickHouse keeps failing the batch (no such table) while it is held. */
+    drain_options o = options("node#1");
+    char missing[160];
+    snprintf(missing, sizeof missing, "%s_missing", table);
+    o.clickhouse_table = missing;
+    o.reclaim_idle_ms = 400;
+    steal_arg sa = {key, 700};
+    pthread_t t;
+    pthread_create(&t, NULL, steal, &sa);
+    drain_result r;
+    char err[512];
+    int rc = run(&o, &r, 20, err, sizeof err);
+    pthread_join(t, NULL);
+    /* The holder noticed at its next ownership check and let them go: it
+     * neither stored nor acked them, and did not retry until its budget. */
+    ck_assert_msg(rc == 0, "%s", err);
+    ck_assert_int_eq(r.entries, 0);
+    ck_assert_int_eq(r.processed, 0);
+    ck_assert_int_eq(pending("orga"), 2);
+    ck_assert_str_eq(pending_owner("orga", 0), "thief#1");
+    ck_assert_str_eq(pending_owner("orga", 1), "thief#1");
+
+    drain_options thief = options("thief#1");
+    ck_assert_msg(run(&thief, &r, 0, err, sizeof err) == 0, "%s", err);
+    ck_assert_int_eq(r.processed, 3);
+    ck_assert_int_eq(ch_count(NULL), 3);
+    ck_assert_int_eq(pending("orga"), 0);
+}
+END_TEST
+
+START_TEST(test_drain_held_batch_stays_fresh_while_clickhouse_fails)
+{
+    xadd_valid("orga", "f1", 2);
+    drain_options o = options("node#1");
+    o.clickhouse_url = "http://127.0.0.1:1/";
+    o.reclaim_idle_ms = 400;
+    drain_result r;
+    char err[512];
+    ck_assert_int_eq(run(&o, &r, 4, err, sizeof err), -1);   /* ~2.5 s of back-off */
+    /* Touched during the back-off: idle well below reclaim_idle_ms when the
+     * run gave up, so no other worker could have reclaimed it meanwhile. */
+    char key[160];
+    stream_of(key, sizeof key, "orga");
+    redisReply *p = cmd("XPENDING %s product-telemetry-consumers - + 10", key);
+    ck_assert_uint_eq(p->elements, 1);
+    ck_assert_str_eq(p->element[0]->element[1]->str, "node#1");
+    ck_assert_int_lt(p->element[0]->element[2]->integer, 400);
+    ck_assert_int_eq(p->element[0]->element[3]->integer, 1);   /* JUSTID: not a redelivery */
+    freeReplyObject(p);
+}
+END_TEST
+
+static long long consumers_named(const char *org, const char *name)
+{
+    char key[160];
+    stream_of(key, sizeof key, org);
+    redisReply *r = cmd("XINFO CONSUMERS %s product-telemetry-consumers", key);
+    long long n = 0;
+    for (size_t i = 0; i < r->elements; i++)
+        for (size_t k = 0; k + 1 < r->element[i]->elements; k += 2)
+            if (strcmp(r->element[i]->element[k]->str, "name") == 0 &&
+                strcmp(r->element[i]->element[k + 1]->str, name) == 0) n++;
+    freeReplyObject(r);
+    return n;
+}
+
+START_TEST(test_drain_leave_on_exit_deletes_or_releases_the_consumer)
+{
+    xadd_valid("orga", "l1", 2);
+    drain_options o = options("cli#1");
+    o.leave_on_exit = 1;
+    drain_result r;
+    char err[512];
+    ck_assert_msg(run(&o, &r, 0, err, sizeof err) == 0, "%s", err);
+    ck_assert_int_eq(r.processed, 2);
+    ck_assert_int_eq(consumers_named("orga", "cli#1"), 0);   /* held nothing: deleted */
+
+    /* A run that ends early keeps its consumer (DELCONSUMER would drop the
+     * entries) but marks them idle: the next drain takes them over at once. */
+    xadd_valid("orga", "l2", 3);
+    drain_options bad = options("cli#2");
+    bad.leave_on_exit = 1;
+    bad.clickhouse_url = "http://127.0.0.1:1/";
+    bad.reclaim_idle_ms = 60000;
+    ck_assert_int_eq(run(&bad, &r, 2, err, sizeof err), -1);
+    ck_assert_int_eq(consumers_named("orga", "cli#2"), 1);
+    ck_assert_int_eq(pending("orga"), 1);
+    drain_options next = options("cli#3");
+    next.leave_on_exit = 1;
+    next.reclaim_idle_ms = 60000;
+    ck_assert_msg(run(&next, &r, 0, err, sizeof err) == 0, "%s", err);
+    ck_assert_int_eq(r.reclaimed, 1);
+    ck_assert_int_eq(r.processed, 3);
+    ck_assert_int_eq(ch_count(NULL), 5);
+    ck_assert_int_eq(pending("orga"), 0);
+    ck_assert_int_eq(consumers_named("orga", "cli#3"), 0);
+}
+END_TEST
+
+typedef struct slow_insert_arg {
+    const char *event_id;
+    int rc;
+} slow_insert_arg;
+
+/* A drain insert the server is still running (query_id "ptel-..."), as one
+ * whose client timed out or whose worker's entries were just reclaimed. */
+static void *slow_insert(void *p)
+{
+    slow_insert_arg *a = p;
+    ch_error e;
+    ch_client *c = ch_client_new(ch_url, &e);
+    char sql[512];
+    snprintf(sql, sizeof sql, "INSERT INTO %s (org_id_hash, event_id, name) SELECT 'orga', '%s', "
+             "'page_viewed' FROM system.one WHERE sleep(1.5) = 0", table, a->event_id);
+    ch_client_set_query_id(c, "ptel-test-slow-insert");
+    a->rc = ch_query(c, sql, NULL, &e);
+    ch_client_free(c);
+    return NULL;
+}
+
+START_TEST(test_drain_dedup_waits_for_an_insert_still_running)
+{
+    xadd_valid("orga", "s1", 3);
+    char key[160];
+    stream_of(key, sizeof key, "orga");
+    freeReplyObject(cmd("XGROUP CREATE %s product-telemetry-consumers 0", key));
+    freeReplyObject(cmd("XREADGROUP GROUP product-telemetry-consumers dead#1 STREAMS %s >", key));
+    slow_insert_arg sa = {"orga-s1-0", -1};
+    pthread_t t;
+    pthread_create(&t, NULL, slow_insert, &sa);
+    usleep(300 * 1000);
+    drain_options o = options("node#1");
+    o.reclaim_idle_ms = 200;
+    drain_result r;
+    char err[512];
+    ck_assert_msg(run(&o, &r, 0, err, sizeof err) == 0, "%s", err);
+    pthread_join(t, NULL);
+    ck_assert_int_eq(sa.rc, 0);
+    /* The reclaimer waited for the old owner's insert, then found its row. */
+    ck_assert_int_eq(r.reclaimed, 1);
+    ck_assert_int_eq(r.processed, 3);
+    ck_assert_int_eq(ch_count(NULL), 3);
+    ck_assert_int_eq(ch_distinct_events(), 3);
+}
+END_TEST
+
 START_TEST(test_drain_skips_key_of_other_type_matching_pattern)
 {
     char list_key[160];
@@ -746,6 +933,10 @@ int main(void)
     tcase_add_test(tc, test_drain_recreates_deleted_group_without_duplicates);
     tcase_add_test(tc, test_drain_cancel_and_past_deadline_stop_before_reading);
     tcase_add_test(tc, test_drain_reports_progress_per_batch);
+    tcase_add_test(tc, test_drain_leaves_entries_another_consumer_took_over);
+    tcase_add_test(tc, test_drain_held_batch_stays_fresh_while_clickhouse_fails);
+    tcase_add_test(tc, test_drain_leave_on_exit_deletes_or_releases_the_consumer);
+    tcase_add_test(tc, test_drain_dedup_waits_for_an_insert_still_running);
     suite_add_tcase(s, tc);
     sr = srunner_create(s);
     srunner_run_all(sr, CK_NORMAL);

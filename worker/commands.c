@@ -4,6 +4,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "clickhouse/clickhouse.h"
 #include "common/buf.h"
@@ -45,9 +46,19 @@ int drain_command(int argc, char **argv)
     char *hostname = worker_expand_hostname("ptel-drain@%h");
     drain_options opts;
     worker_drain_options(&cfg, hostname, &opts);
-    /* One stable consumer name per box, so a drain that was interrupted
-     * finds its own pending entries on the next run. */
-    opts.consumer = hostname;
+    /* One consumer name per process, "ptel-drain@<host>#pid<pid>": two
+     * drains at once on a box must not share a pending list, or the second
+     * reads the first one's unflushed entries as its own redeliveries and
+     * stores them again. What an interrupted drain leaves pending is taken
+     * over by the XAUTOCLAIM reclaim of idle entries (with the dedup check
+     * of redeliveries); leave_on_exit makes a clean exit delete the consumer
+     * from the groups when it holds nothing (XGROUP DELCONSUMER), so
+     * per-process names do not pile up, and mark what it still holds idle,
+     * so the next drain takes it over at once (drain_session_free). */
+    char consumer[512];
+    snprintf(consumer, sizeof consumer, "%s#pid%ld", hostname, (long)getpid());
+    opts.consumer = consumer;
+    opts.leave_on_exit = 1;
     int rc = drain_cli_main(argc, argv, &opts);
     free(hostname);
     config_free(&cfg);

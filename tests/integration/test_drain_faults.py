@@ -124,11 +124,6 @@ def test_clickhouse_stopped_for_20s_mid_drain(producer, ch_db, worker, celery_ap
     assert "works again after" in after, after[-3000:]
 
 
-@pytest.mark.xfail(strict=False, reason="BUG (race, fails about every other run): an INSERT "
-                   "that times out on the frozen server is still executed when it thaws; the "
-                   "retry's dedup SELECT (tasks/drain.c dedup_rows), itself queued in the frozen "
-                   "server, runs concurrently, finds nothing, and the batch is inserted again "
-                   "(count() = 40200)")
 def test_clickhouse_frozen_with_sigstop_mid_drain(producer, ch_db, worker, celery_app,
                                                   clickhouse_server):
     """SIGSTOP for 10 s with clickhouse_timeout = 3: connections hang
@@ -189,10 +184,6 @@ def test_two_c_workers_drain_the_same_streams_exactly_once(producer, ch_db, work
     check_nothing_pending(producer.r, model)
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: every `ptel-worker drain` on a box uses the "
-                   "consumer name ptel-drain@<host> (worker/commands.c drain_command), so a "
-                   "second drain reads the first one's unflushed entries as its own pending "
-                   "history and stores them again")
 def test_two_drain_commands_at_once_store_each_event_once(producer, ch_db, ptel_cli, worker_config,
                                                           worker_bin, redis_url, tmp_path):
     """Two `ptel-worker drain` processes on one box at the same time (an
@@ -404,12 +395,6 @@ def test_interrupted_replay_rerun_stores_each_event_once(first_copy, producer, c
     check_nothing_pending(r, producer.model)
 
 
-@pytest.mark.xfail(strict=False, reason="BUG (failed 2 of 2 runs): a batch a worker keeps "
-                   "retrying during an outage goes idle; once ClickHouse is back the other worker "
-                   "XAUTOCLAIMs it (tasks/streams.c streams_reclaim) while the holder retries it "
-                   "(tasks/drain.c flush); both dedup SELECTs find nothing, both insert (+200 "
-                   "rows). With the defaults: any outage > telemetry_reclaim_idle_ms (60 s) with "
-                   "two slots")
 def test_outage_longer_than_reclaim_idle_with_two_workers(producer, ch_db, worker, celery_app,
                                                           clickhouse_server):
     """Two workers draining when ClickHouse goes away for longer than
