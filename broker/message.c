@@ -294,11 +294,12 @@ static pj_value *mp_to_pj(const msgpack_object *o, int depth, message_error *err
  * asks for 64 GiB (found by tests/fuzz/fuzz_message_body). Every element
  * takes at least one byte, so a count larger than the bytes left cannot be
  * honest: refuse it before msgpack-c sees it. Walks the headers only, in
- * O(len); truncated input is left for msgpack-c to report. */
+ * O(len). Truncated input is refused too (msgpack-c would allocate before
+ * noticing the truncation: found by the same harness). */
 static int mp_counts_plausible(const unsigned char *p, size_t len) {
     size_t pos = 0, pending = 1;
     while (pending > 0 && pos < len) {
-        if (pending > len - pos) return 1;                        /* truncated */
+        if (pending > len - pos) return 0;                        /* truncated */
         unsigned c = p[pos++];
         size_t hdr = 0, skip = 0, per_item = 0, n = 0;
         pending--;
@@ -329,18 +330,20 @@ static int mp_counts_plausible(const unsigned char *p, size_t len) {
             default: break;                                       /* negative fixint */
             }
         }
-        if (hdr > len - pos) return 1;
+        if (hdr > len - pos) return 0;                            /* truncated */
         for (size_t i = 0; i < hdr; i++) n = (n << 8) | p[pos++];
         if (per_item) {
             /* Items still owed need a byte each too: bounds the total. */
             if (n > (len - pos) / per_item || n * per_item > len - pos - pending) return 0;
             pending += n * per_item;
         } else {
-            if (n > len - pos || skip > len - pos - n) return 1;
+            if (n > len - pos || skip > len - pos - n) return 0;   /* truncated */
             pos += n + skip;
         }
     }
-    return 1;
+    /* Truncated input can never be valid msgpack, and msgpack-c would
+     * allocate the containers it has seen before noticing: refuse it here. */
+    return pending == 0;
 }
 
 static pj_value *decode_msgpack(const buf *body, message_error *err) {
