@@ -33,16 +33,25 @@ static int take_config_flag(int argc, char **argv, const char **path)
     return out;
 }
 
-int drain_command(int argc, char **argv)
+/* The prologue every wrapping subcommand shares: take --config out of argv,
+ * load the configuration (file, then environment) and set up logging.
+ * Returns 0, or -1 after printing the error (cfg is then already freed). */
+static int load_command_config(int *argc, char **argv, ptel_config *cfg)
 {
     const char *path;
-    argc = take_config_flag(argc, argv, &path);
-    ptel_config cfg;
-    if (worker_load_config(&cfg, path) != 0) {
-        config_free(&cfg);
-        return 1;
+    *argc = take_config_flag(*argc, argv, &path);
+    if (worker_load_config(cfg, path) != 0) {
+        config_free(cfg);
+        return -1;
     }
-    log_setup(LOG_INFO, cfg.worker_log_format, NULL);
+    log_setup(LOG_INFO, cfg->worker_log_format, NULL);
+    return 0;
+}
+
+int drain_command(int argc, char **argv)
+{
+    ptel_config cfg;
+    if (load_command_config(&argc, argv, &cfg) != 0) return 1;
     char *hostname = worker_expand_hostname("ptel-drain@%h");
     drain_options opts;
     worker_drain_options(&cfg, hostname, &opts);
@@ -67,14 +76,8 @@ int drain_command(int argc, char **argv)
 
 int dlq_command(int argc, char **argv)
 {
-    const char *path;
-    argc = take_config_flag(argc, argv, &path);
     ptel_config cfg;
-    if (worker_load_config(&cfg, path) != 0) {
-        config_free(&cfg);
-        return 1;
-    }
-    log_setup(LOG_INFO, cfg.worker_log_format, NULL);
+    if (load_command_config(&argc, argv, &cfg) != 0) return 1;
     dlq_options opts;
     worker_dlq_options(&cfg, &opts);
     int rc = dlq_cli_main(argc, argv, &opts);
