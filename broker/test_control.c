@@ -21,33 +21,6 @@
 
 /* ---- Fixtures ---------------------------------------------------------------- */
 
-static cJSON *doc;
-
-static cJSON *golden(void)
-{
-    if (doc) return doc;
-    const char *dir = getenv("PTEL_SHARED_DIR");
-    char path[4096];
-    snprintf(path, sizeof path, "%s/protocol/captures/golden_samples.json", dir ? dir : "../shared");
-    FILE *f = fopen(path, "rb");
-    ck_assert_msg(f != NULL, "open %s", path);
-    buf b = BUF_INIT;
-    char chunk[65536];
-    size_t n;
-    while ((n = fread(chunk, 1, sizeof chunk, f)) > 0) buf_append(&b, chunk, n);
-    fclose(f);
-    doc = cJSON_Parse(buf_cstr(&b));
-    buf_free(&b);
-    ck_assert_ptr_nonnull(doc);
-    return doc;
-}
-
-static const char *golden_raw(const char *name)
-{
-    cJSON *s = cJSON_GetObjectItemCaseSensitive(golden(), name);
-    ck_assert_msg(s != NULL, "no sample %s", name);
-    return cJSON_GetObjectItemCaseSensitive(s, "raw")->valuestring;
-}
 
 typedef struct sample {
     pj_value *env, *body;
@@ -56,7 +29,7 @@ typedef struct sample {
 
 static sample load_sample(const char *name)
 {
-    const char *raw = golden_raw(name);
+    const char *raw = ts_golden_raw(name);
     sample s;
     s.env = pj_parse(raw, strlen(raw), NULL);
     ck_assert_ptr_nonnull(s.env);
@@ -87,7 +60,7 @@ static long long header_int(const sample *s, const char *key)
 
 START_TEST(test_parse_captured_ping)
 {
-    const char *raw = golden_raw("pidbox_command_ping");
+    const char *raw = ts_golden_raw("pidbox_command_ping");
     control_command c;
     char err[256];
     ck_assert_int_eq(control_parse(raw, strlen(raw), &c, err, sizeof err), 0);
@@ -200,7 +173,7 @@ START_TEST(test_reply_envelope_matches_capture)
                            pj_get_string(pj_object_get(s.env, "headers"), "ticket"),
                            (unsigned long long)header_int(&s, "clock"),
                            pj_get_string(di, "exchange"), pj_get_string(di, "routing_key"), s.tag);
-    ck_assert_str_eq(buf_cstr(&out), golden_raw("pidbox_reply_ping"));
+    ck_assert_str_eq(buf_cstr(&out), ts_golden_raw("pidbox_reply_ping"));
     buf_free(&out);
     free_sample(&s);
 }
@@ -215,7 +188,7 @@ START_TEST(test_hello_reply_matches_capture)
                            pj_get_string(pj_object_get(s.env, "headers"), "ticket"),
                            (unsigned long long)header_int(&s, "clock"),
                            pj_get_string(di, "exchange"), pj_get_string(di, "routing_key"), s.tag);
-    ck_assert_str_eq(buf_cstr(&out), golden_raw("mingle_hello_reply"));
+    ck_assert_str_eq(buf_cstr(&out), ts_golden_raw("mingle_hello_reply"));
     buf_free(&out);
     free_sample(&s);
 }
@@ -232,7 +205,7 @@ static void check_command_capture(const char *name)
                              pj_object_get(s.body, "arguments"), pj_get_string(s.body, "ticket"),
                              pj_get_string(pj_object_get(s.body, "reply_to"), "routing_key"),
                              (unsigned long long)header_int(&s, "clock"), expires, s.tag);
-    ck_assert_str_eq(buf_cstr(&out), golden_raw(name));
+    ck_assert_str_eq(buf_cstr(&out), ts_golden_raw(name));
     buf_free(&out);
     free_sample(&s);
 }
@@ -395,6 +368,6 @@ int main(void)
     srunner_run_all(sr, CK_NORMAL);
     int failed = srunner_ntests_failed(sr);
     srunner_free(sr);
-    cJSON_Delete(doc);
+    cJSON_Delete(ts_golden_doc);
     return failed ? 1 : have_redis ? 0 : 77;
 }

@@ -18,33 +18,6 @@
 
 /* ---- Fixtures ---------------------------------------------------------------- */
 
-static cJSON *doc;
-
-static cJSON *golden(void)
-{
-    if (doc) return doc;
-    const char *dir = getenv("PTEL_SHARED_DIR");
-    char path[4096];
-    snprintf(path, sizeof path, "%s/protocol/captures/golden_samples.json", dir ? dir : "../shared");
-    FILE *f = fopen(path, "rb");
-    ck_assert_msg(f != NULL, "open %s", path);
-    buf b = BUF_INIT;
-    char chunk[65536];
-    size_t n;
-    while ((n = fread(chunk, 1, sizeof chunk, f)) > 0) buf_append(&b, chunk, n);
-    fclose(f);
-    doc = cJSON_Parse(buf_cstr(&b));
-    buf_free(&b);
-    ck_assert_ptr_nonnull(doc);
-    return doc;
-}
-
-static const char *golden_raw(const char *name)
-{
-    cJSON *s = cJSON_GetObjectItemCaseSensitive(golden(), name);
-    ck_assert_msg(s != NULL, "no sample %s", name);
-    return cJSON_GetObjectItemCaseSensitive(s, "raw")->valuestring;
-}
 
 /* The decoded body of an envelope (pyjson, so floats keep their repr). */
 static pj_value *envelope_body(const char *raw, pj_value **env_out)
@@ -89,7 +62,7 @@ static pj_value *rebuild_event(const pj_value *e)
 
 static void check_golden_event(const char *name)
 {
-    const char *raw = golden_raw(name);
+    const char *raw = ts_golden_raw(name);
     pj_value *env;
     pj_value *body = envelope_body(raw, &env);
     pj_value *rebuilt;
@@ -347,6 +320,6 @@ int main(void)
     srunner_run_all(sr, CK_NORMAL);
     int failed = srunner_ntests_failed(sr);
     srunner_free(sr);
-    cJSON_Delete(doc);
+    cJSON_Delete(ts_golden_doc);
     return failed ? 1 : have_redis ? 0 : 77;
 }

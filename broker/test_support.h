@@ -1,5 +1,5 @@
-/* broker/test_support.h: fixtures shared by the transport and backend tests
- * (test_transport.c, test_backend.c); not part of the library.
+/* broker/test_support.h: fixtures shared by the broker tests (transport,
+ * backend, events, control); not part of the library.
  *
  * - A real redis-server from PTEL_TEST_REDIS_URL (redis://host:port[/db]);
  *   without it the tests exit 77 (meson: skipped). Each test program uses
@@ -17,12 +17,47 @@
 #include <string.h>
 #include <sys/wait.h>
 
+#include <cjson/cJSON.h>
 #include <hiredis/hiredis.h>
 
 #include "common/buf.h"
 #include "common/mem.h"
 
 #define TS_PYTHON "/usr/bin/python3"
+
+/* ---- The captured golden samples ------------------------------------------------ */
+
+/* protocol/captures/golden_samples.json under PTEL_SHARED_DIR (meson sets it:
+ * the shared docs, or the repository's copy), parsed once per program.
+ * static inline: a test program that doesn't read samples gets no warning. */
+static cJSON *ts_golden_doc;
+
+static inline cJSON *ts_golden(void)
+{
+    if (ts_golden_doc) return ts_golden_doc;
+    const char *dir = getenv("PTEL_SHARED_DIR");
+    char path[4096];
+    snprintf(path, sizeof path, "%s/protocol/captures/golden_samples.json", dir ? dir : "../shared");
+    FILE *f = fopen(path, "rb");
+    ck_assert_msg(f != NULL, "open %s", path);
+    buf b = BUF_INIT;
+    char chunk[65536];
+    size_t n;
+    while ((n = fread(chunk, 1, sizeof chunk, f)) > 0) buf_append(&b, chunk, n);
+    fclose(f);
+    ts_golden_doc = cJSON_Parse(buf_cstr(&b));
+    buf_free(&b);
+    ck_assert_ptr_nonnull(ts_golden_doc);
+    return ts_golden_doc;
+}
+
+/* The exact wire string of one named sample. */
+static inline const char *ts_golden_raw(const char *name)
+{
+    cJSON *s = cJSON_GetObjectItemCaseSensitive(ts_golden(), name);
+    ck_assert_msg(s != NULL, "no sample %s", name);
+    return cJSON_GetObjectItemCaseSensitive(s, "raw")->valuestring;
+}
 /* ts_peer_finish's status for a peer that died of a signal (SIGKILL). */
 #define TS_KILLED (-1)
 
