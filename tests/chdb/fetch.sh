@@ -42,7 +42,12 @@ fi
 TMP=$(mktemp -d "${TMPDIR:-/tmp}/ptel-chdb-fetch.XXXXXX")
 trap 'rm -rf "$TMP"' EXIT
 echo "downloading $PKG@$VERSION (about 170 MB) ..."
-(cd "$TMP" && npm pack --silent "$PKG@$VERSION" >pack.out)
+if ! (cd "$TMP" && npm pack --silent "$PKG@$VERSION" >pack.out 2>pack.err); then
+    # Say why (registry unreachable, TLS trust, proxy...), not just that it failed.
+    echo "tests/chdb/fetch.sh: npm pack $PKG@$VERSION failed:" >&2
+    grep -v '^npm ERR! *$' "$TMP/pack.err" | head -n 5 >&2
+    exit 1
+fi
 TARBALL=$TMP/$(tail -n 1 "$TMP/pack.out")
 [[ -f "$TARBALL" ]] || { echo "tests/chdb/fetch.sh: npm pack produced no tarball" >&2; exit 1; }
 tar -xzf "$TARBALL" -C "$TMP" package/libchdb.so
