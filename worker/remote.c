@@ -1467,7 +1467,10 @@ remote_state *remote_start(worker *w)
                                      &r->app_clock);
     events_set_task_group(r->events, r->events_all);
     statedb_load(r);
-    mingle(r);
+    /* Mingle waits a full second for replies before consuming starts, as
+     * Celery's does; --without-mingle skips it, as Celery's flag does. */
+    if (w->without_mingle) log_info("mingle: disabled (--without-mingle)");
+    else mingle(r);
 
     control_node_options o = {
         .url = &w->broker_url, .prefix = w->topts.global_keyprefix, .hostname = w->hostname,

@@ -83,6 +83,7 @@ typedef struct worker {
     ptel_config *cfg;
     char *hostname;               /* node name, e.g. celery@host */
     int send_events_flag;         /* -E given */
+    int without_mingle;           /* --without-mingle given (Celery's flag) */
     transport_options topts;
     drain_options drain_opts;     /* for run_product_telemetry_consumer; borrows cfg */
     redis_url broker_url, backend_url;
