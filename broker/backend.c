@@ -14,23 +14,13 @@
 #include <string.h>
 
 #include "broker/script.h"
+#include "common/errbuf.h"
 #include "common/mem.h"
 #include "common/timeutil.h"
 
 /* Celery's key prefix for task results (PROTOCOL §11.1). */
 #define BACKEND_KEY_PREFIX "celery-task-meta-"
 
-static void set_err(char *err, size_t errlen, const char *fmt, ...)
-    __attribute__((format(printf, 3, 4)));
-
-static void set_err(char *err, size_t errlen, const char *fmt, ...)
-{
-    if (!err || errlen == 0) return;
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(err, errlen, fmt, ap);
-    va_end(ap);
-}
 
 /* ---- Value encoding ---- */
 
@@ -215,11 +205,11 @@ int backend_store_finish(redisContext *ctx, const char *task_id, char *err, size
         rc = (int)r->integer;
     } else if (r->type == REDIS_REPLY_ERROR && strncmp(r->str, "GET ", 4) == 0) {
         /* e.g. WRONGTYPE: Celery would raise; we do not write over it. */
-        set_err(err, errlen, "%s", r->str);
+        errbuf_set(err, errlen, "%s", r->str);
     } else if (r->type == REDIS_REPLY_ERROR && strncmp(r->str, "store: ", 7) == 0) {
-        set_err(err, errlen, "store result %s: %s", task_id, r->str + 7);
+        errbuf_set(err, errlen, "store result %s: %s", task_id, r->str + 7);
     } else {
-        set_err(err, errlen, "store result %s: %s", task_id,
+        errbuf_set(err, errlen, "store result %s: %s", task_id,
                 r->type == REDIS_REPLY_ERROR ? r->str : "unexpected script reply");
     }
     freeReplyObject(r);
@@ -253,7 +243,7 @@ static int store_pass(redisContext *ctx, const backend_result *rs, size_t n,
             continue;
         }
         if (rc < 0) {
-            if (!failed) set_err(err, errlen, "%s", e);
+            if (!failed) errbuf_set(err, errlen, "%s", e);
             failed = 1;
             if (ctx->err) {
                 *fatal = 1;
@@ -270,7 +260,7 @@ int backend_store_many(redisContext *ctx, const backend_result *rs, size_t n,
                        int64_t result_expires_s, char *err, size_t errlen)
 {
     if (n > BACKEND_MAX_BATCH) {
-        set_err(err, errlen, "store: %zu results exceed the batch limit %d", n, BACKEND_MAX_BATCH);
+        errbuf_set(err, errlen, "store: %zu results exceed the batch limit %d", n, BACKEND_MAX_BATCH);
         return -1;
     }
     if (n == 0) return 0;
@@ -292,11 +282,11 @@ int backend_store_many(redisContext *ctx, const backend_result *rs, size_t n,
                   : store_pass(ctx, redo, n_again, result_expires_s, again2, &fatal, e, sizeof e);
         for (size_t i = 0; rc2 >= 0 && i < n_again; i++)
             if (again2[i]) {
-                set_err(e, sizeof e, "store result %s: NOSCRIPT after SCRIPT LOAD",
+                errbuf_set(e, sizeof e, "store result %s: NOSCRIPT after SCRIPT LOAD",
                         redo[i].task_id);
                 rc2 = -1;
             }
-        if (rc2 < 0 && rc >= 0) set_err(err, errlen, "%s", e);
+        if (rc2 < 0 && rc >= 0) errbuf_set(err, errlen, "%s", e);
         rc = (rc < 0 || rc2 < 0) ? -1 : rc + rc2;
         free(redo);
         free(again2);

@@ -8,21 +8,12 @@
 #include <stdio.h>
 #include <string.h>
 
-static void set_err(char *err, size_t errlen, const char *fmt, ...)
-    __attribute__((format(printf, 3, 4)));
+#include "common/errbuf.h"
 
-static void set_err(char *err, size_t errlen, const char *fmt, ...)
-{
-    if (!err || errlen == 0) return;
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(err, errlen, fmt, ap);
-    va_end(ap);
-}
 
 static void set_conn_err(redisContext *ctx, char *err, size_t errlen)
 {
-    set_err(err, errlen, "redis: %s", ctx->errstr[0] ? ctx->errstr : "connection lost");
+    errbuf_set(err, errlen, "redis: %s", ctx->errstr[0] ? ctx->errstr : "connection lost");
 }
 
 /* ---- The shared sha cache ---- */
@@ -38,7 +29,7 @@ static int script_load(redisContext *ctx, lua_script *s, char sha[41], char *err
         return -1;
     }
     if (r->type != REDIS_REPLY_STRING || r->len != 40) {
-        set_err(err, errlen, "SCRIPT LOAD %s: %s", s->name,
+        errbuf_set(err, errlen, "SCRIPT LOAD %s: %s", s->name,
                 r->type == REDIS_REPLY_ERROR ? r->str : "unexpected reply");
         freeReplyObject(r);
         return -1;
@@ -99,7 +90,7 @@ redisReply *script_run(redisContext *ctx, lua_script *s, int argc, const char **
         return NULL;
     }
     if (r->type == REDIS_REPLY_ERROR) {
-        set_err(err, errlen, "script %s: %s", s->name, r->str);
+        errbuf_set(err, errlen, "script %s: %s", s->name, r->str);
         freeReplyObject(r);
         return NULL;
     }
@@ -138,3 +129,4 @@ redisReply *script_read(redisContext *ctx, int *noscript, char *err, size_t errl
     *noscript = is_noscript(r);
     return r;
 }
+

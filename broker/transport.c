@@ -18,6 +18,7 @@
 
 #include <uuid/uuid.h>
 
+#include "common/errbuf.h"
 #include "common/buf.h"
 #include "common/log.h"
 #include "common/mem.h"
@@ -28,17 +29,6 @@
  * the same tag); after that the tag is left in unacked for a later pass. */
 #define RESTORE_CAS_ATTEMPTS 3
 
-static void set_err(char *err, size_t errlen, const char *fmt, ...)
-    __attribute__((format(printf, 3, 4)));
-
-static void set_err(char *err, size_t errlen, const char *fmt, ...)
-{
-    if (!err || errlen == 0) return;
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(err, errlen, fmt, ap);
-    va_end(ap);
-}
 
 /* ---- Options and queue sets ---- */
 
@@ -185,11 +175,11 @@ static redisReply *cmd_run(redisContext *ctx, const cmd *c, char *err, size_t er
 {
     redisReply *r = redisCommandArgv(ctx, (int)c->n, c->argv, c->lens);
     if (!r) {
-        set_err(err, errlen, "redis: %s", ctx->errstr[0] ? ctx->errstr : "connection lost");
+        errbuf_set(err, errlen, "redis: %s", ctx->errstr[0] ? ctx->errstr : "connection lost");
         return NULL;
     }
     if (r->type == REDIS_REPLY_ERROR) {
-        set_err(err, errlen, "redis %.*s: %s", (int)c->lens[0], c->argv[0], r->str);
+        errbuf_set(err, errlen, "redis %.*s: %s", (int)c->lens[0], c->argv[0], r->str);
         freeReplyObject(r);
         return NULL;
     }
@@ -395,7 +385,7 @@ static int fetch_reply_parse(const redisReply *r, const char *sep, char **keys, 
                              fetched_message **out, size_t *n, char *err, size_t errlen)
 {
     if (r->type != REDIS_REPLY_ARRAY || r->elements % 3 != 0) {
-        set_err(err, errlen, "script fetch: unexpected reply");
+        errbuf_set(err, errlen, "script fetch: unexpected reply");
         return -1;
     }
     size_t m = r->elements / 3;
@@ -410,7 +400,7 @@ static int fetch_reply_parse(const redisReply *r, const char *sep, char **keys, 
         if (ki->type != REDIS_REPLY_INTEGER || ki->integer < 0 || (size_t)ki->integer >= nkeys
             || pl->type != REDIS_REPLY_STRING
             || (tg->type != REDIS_REPLY_STRING && tg->type != REDIS_REPLY_NIL)) {
-            set_err(err, errlen, "script fetch: malformed reply entry %zu", i);
+            errbuf_set(err, errlen, "script fetch: malformed reply entry %zu", i);
             rc = -1;
             break;
         }
@@ -441,11 +431,11 @@ int transport_fetch(redisContext *ctx, const transport_options *opts, transport_
     *out = NULL;
     *n = 0;
     if (max < 1 || max > TRANSPORT_MAX_FETCH) {
-        set_err(err, errlen, "fetch: max %d outside 1..%d", max, TRANSPORT_MAX_FETCH);
+        errbuf_set(err, errlen, "fetch: max %d outside 1..%d", max, TRANSPORT_MAX_FETCH);
         return -1;
     }
     if (queues->n == 0) {
-        set_err(err, errlen, "fetch: no queues to consume");
+        errbuf_set(err, errlen, "fetch: no queues to consume");
         return -1;
     }
     size_t nq = queues->n, ns = opts->n_priority_steps, nkeys = nq * ns;
@@ -522,12 +512,12 @@ int transport_ack_finish(redisContext *ctx, size_t n, char *err, size_t errlen)
     for (int i = 0; i < 4; i++) {
         redisReply *r = NULL;
         if (redisGetReply(ctx, (void **)&r) != REDIS_OK || !r) {
-            set_err(err, errlen, "redis: %s", ctx->errstr[0] ? ctx->errstr : "connection lost");
+            errbuf_set(err, errlen, "redis: %s", ctx->errstr[0] ? ctx->errstr : "connection lost");
             return -1;   /* the connection is unusable; the caller reconnects */
         }
         const char *why = exec_error(r, i == 3);
         if (rc == 0 && why) {
-            set_err(err, errlen, "ack: %s", why);
+            errbuf_set(err, errlen, "ack: %s", why);
             rc = -1;
         }
         freeReplyObject(r);
@@ -623,14 +613,14 @@ static int unacked_value_decode(const char *v, size_t len, buf *newpayload, char
     pj_error perr;
     pj_value *arr = pj_parse(v, len, &perr);
     if (!arr) {
-        set_err(err, errlen, "unacked value is not JSON: %s", perr.msg);
+        errbuf_set(err, errlen, "unacked value is not JSON: %s", perr.msg);
         return -1;
     }
     int rc = -1;
     if (arr->type != PJ_ARRAY || arr->u.array.len != 3 || arr->u.array.items[0]->type != PJ_OBJECT
         || (arr->u.array.items[1]->type != PJ_STRING && arr->u.array.items[1]->type != PJ_NULL)
         || arr->u.array.items[2]->type != PJ_STRING) {
-        set_err(err, errlen, "unacked value is not [envelope, exchange, routing_key]");
+        errbuf_set(err, errlen, "unacked value is not [envelope, exchange, routing_key]");
     } else {
         pj_value *env = arr->u.array.items[0];
         mark_redelivered(env);
@@ -692,7 +682,7 @@ static int restore_attempt(redisContext *ctx, const transport_options *opts, con
     cmd_free(&c);
     if (r) {
         rc = r->type != REDIS_REPLY_INTEGER ? -1 : r->integer < 0 ? 2 : (int)r->integer;
-        if (rc < 0) set_err(err, errlen, "script restore: unexpected reply");
+        if (rc < 0) errbuf_set(err, errlen, "script restore: unexpected reply");
         freeReplyObject(r);
     }
 out:
@@ -711,7 +701,7 @@ static int restore_tag(redisContext *ctx, const transport_options *opts, const c
         int rc = restore_attempt(ctx, opts, tag, leftmost, err, errlen);
         if (rc != 2) return rc;
     }
-    set_err(err, errlen, "restore %s: unacked value kept changing; left in unacked", tag);
+    errbuf_set(err, errlen, "restore %s: unacked value kept changing; left in unacked", tag);
     return -1;
 }
 
@@ -733,7 +723,7 @@ int transport_restore(redisContext *ctx, const transport_options *opts,
         char e[256];
         int rc = restore_tag(ctx, opts, tags[i], 0, e, sizeof e);
         if (rc < 0) {
-            if (!failed) set_err(err, errlen, "%s", e);
+            if (!failed) errbuf_set(err, errlen, "%s", e);
             failed++;
             log_error("Could not restore message %s: %s", tags[i], e);
         } else {

@@ -20,6 +20,7 @@
 #include <strings.h>
 #include <sys/time.h>
 
+#include "common/errbuf.h"
 #include "common/buf.h"
 #include "common/mem.h"
 
@@ -33,18 +34,6 @@ static const char *const ignored_query_params[] = {
 };
 
 /* ---- Small helpers ------------------------------------------------------ */
-
-static int fail(char *err, size_t errlen, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
-
-static int fail(char *err, size_t errlen, const char *fmt, ...) {
-    if (err && errlen) {
-        va_list ap;
-        va_start(ap, fmt);
-        vsnprintf(err, errlen, fmt, ap);
-        va_end(ap);
-    }
-    return -1;
-}
 
 static int hexval(int c) {
     if (c >= '0' && c <= '9') return c - '0';
@@ -105,12 +94,12 @@ static int parse_userinfo(const char *s, size_t n, redis_url *u, char *err, size
     size_t ulen = colon ? (size_t)(colon - s) : n;
     if (ulen) {
         char *user = pct_decode(s, ulen, 0);
-        if (!user) return fail(err, errlen, "bad percent-encoding in the user name");
+        if (!user) return errbuf_set(err, errlen, "bad percent-encoding in the user name");
         set_str(&u->username, user);
     }
     if (colon && n - ulen - 1 > 0) {
         char *pass = pct_decode(colon + 1, n - ulen - 1, 0);
-        if (!pass) return fail(err, errlen, "bad percent-encoding in the password");
+        if (!pass) return errbuf_set(err, errlen, "bad percent-encoding in the password");
         set_str(&u->password, pass);
     }
     return 0;
@@ -119,7 +108,7 @@ static int parse_userinfo(const char *s, size_t n, redis_url *u, char *err, size
 static int parse_port(const char *s, size_t n, redis_url *u, char *err, size_t errlen) {
     long port;
     if (parse_uint(s, n, 65535, &port) != 0 || port == 0)
-        return fail(err, errlen, "bad port '%.*s' (expected 1-65535)", (int)(n > 16 ? 16 : n), s);
+        return errbuf_set(err, errlen, "bad port '%.*s' (expected 1-65535)", (int)(n > 16 ? 16 : n), s);
     u->port = (int)port;
     return 0;
 }
@@ -132,13 +121,13 @@ static int parse_hostport(const char *s, size_t n, redis_url *u, char *err, size
     size_t plen = 0;
     if (n && s[0] == '[') {
         const char *close = memchr(s, ']', n);
-        if (!close) return fail(err, errlen, "unterminated IPv6 address in host");
+        if (!close) return errbuf_set(err, errlen, "unterminated IPv6 address in host");
         host = s + 1;
         hlen = (size_t)(close - s) - 1;
         const char *after = close + 1;
         size_t rest = n - (size_t)(after - s);
         if (rest) {
-            if (*after != ':') return fail(err, errlen, "unexpected text after IPv6 address");
+            if (*after != ':') return errbuf_set(err, errlen, "unexpected text after IPv6 address");
             port = after + 1;
             plen = rest - 1;
         }
@@ -149,7 +138,7 @@ static int parse_hostport(const char *s, size_t n, redis_url *u, char *err, size
             port = colon + 1;
             plen = n - hlen - 1;
             if (memchr(port, ':', plen))
-                return fail(err, errlen, "bad host (an IPv6 address needs [brackets])");
+                return errbuf_set(err, errlen, "bad host (an IPv6 address needs [brackets])");
         }
     }
     u->host = hlen ? xstrndup(host, hlen) : xstrdup("localhost");
@@ -161,7 +150,7 @@ static int parse_hostport(const char *s, size_t n, redis_url *u, char *err, size
 static int parse_db(const char *s, size_t n, redis_url *u, char *err, size_t errlen) {
     long db;
     if (parse_uint(s, n, REDIS_URL_MAX_DB, &db) != 0)
-        return fail(err, errlen, "db '%.*s' is not a number (expected /0, /1, ...)",
+        return errbuf_set(err, errlen, "db '%.*s' is not a number (expected /0, /1, ...)",
                     (int)(n > 32 ? 32 : n), s);
     u->db = (int)db;
     return 0;
@@ -186,7 +175,7 @@ static int parse_query_param(const char *key, size_t klen, const char *val, size
     if (KEY_IS("db") || KEY_IS("virtual_host")) return parse_db(val, vlen, u, err, errlen);
     if (KEY_IS("password") || KEY_IS("username")) {
         char *v = pct_decode(val, vlen, 1);
-        if (!v) return fail(err, errlen, "bad percent-encoding in the %.*s parameter", (int)klen, key);
+        if (!v) return errbuf_set(err, errlen, "bad percent-encoding in the %.*s parameter", (int)klen, key);
         if (*v == '\0') {
             free(v);
             v = NULL;
@@ -195,7 +184,7 @@ static int parse_query_param(const char *key, size_t klen, const char *val, size
         return 0;
     }
     if (is_ignored_param(key, klen)) return 0;
-    return fail(err, errlen, "unknown query parameter '%.*s' (supported: db, password, username)",
+    return errbuf_set(err, errlen, "unknown query parameter '%.*s' (supported: db, password, username)",
                 (int)(klen > 40 ? 40 : klen), key);
 #undef KEY_IS
 }
@@ -244,12 +233,12 @@ static int parse_unix(const char *s, size_t n, redis_url *u, char *err, size_t e
     size_t alen = slash ? (size_t)(slash - s) : n;
     if (alen) {
         if (s[alen - 1] != '@')
-            return fail(err, errlen, "a unix socket URL has no host: use unix:///path/to/redis.sock");
+            return errbuf_set(err, errlen, "a unix socket URL has no host: use unix:///path/to/redis.sock");
         if (parse_userinfo(s, alen - 1, u, err, errlen) != 0) return -1;
     }
-    if (!slash || n - alen <= 1) return fail(err, errlen, "missing socket path (use unix:///path/to/redis.sock)");
+    if (!slash || n - alen <= 1) return errbuf_set(err, errlen, "missing socket path (use unix:///path/to/redis.sock)");
     char *path = pct_decode(s + alen, n - alen, 0);
-    if (!path) return fail(err, errlen, "bad percent-encoding in the socket path");
+    if (!path) return errbuf_set(err, errlen, "bad percent-encoding in the socket path");
     u->kind = REDIS_URL_UNIX;
     u->path = path;
     return 0;
@@ -257,16 +246,16 @@ static int parse_unix(const char *s, size_t n, redis_url *u, char *err, size_t e
 
 int redis_url_parse(const char *url, redis_url *out, char *err, size_t errlen) {
     memset(out, 0, sizeof(*out));
-    if (!url || !*url) return fail(err, errlen, "empty Redis URL");
+    if (!url || !*url) return errbuf_set(err, errlen, "empty Redis URL");
     size_t len = strlen(url);
-    if (len > REDIS_URL_MAX_LEN) return fail(err, errlen, "Redis URL longer than %d bytes", REDIS_URL_MAX_LEN);
+    if (len > REDIS_URL_MAX_LEN) return errbuf_set(err, errlen, "Redis URL longer than %d bytes", REDIS_URL_MAX_LEN);
     const char *sep = strstr(url, "://");
-    if (!sep) return fail(err, errlen, "not a URL (expected redis://host:port/db)");
+    if (!sep) return errbuf_set(err, errlen, "not a URL (expected redis://host:port/db)");
     size_t slen = (size_t)(sep - url);
     const char *rest = sep + 3;
     const char *q = strchr(rest, '?');
     size_t rlen = q ? (size_t)(q - rest) : strlen(rest);
-    if (memchr(rest, '#', rlen)) return fail(err, errlen, "URL fragments ('#') are not supported; percent-encode '#' as %%23");
+    if (memchr(rest, '#', rlen)) return errbuf_set(err, errlen, "URL fragments ('#') are not supported; percent-encode '#' as %%23");
 
     int rc;
     if (slen == 5 && strncasecmp(url, "redis", 5) == 0) {
@@ -276,9 +265,9 @@ int redis_url_parse(const char *url, redis_url *out, char *err, size_t errlen) {
                (slen == 12 && strncasecmp(url, "redis+socket", 12) == 0)) {
         rc = parse_unix(rest, rlen, out, err, errlen);
     } else if (slen == 6 && strncasecmp(url, "rediss", 6) == 0) {
-        rc = fail(err, errlen, "TLS (rediss://) is not supported");
+        rc = errbuf_set(err, errlen, "TLS (rediss://) is not supported");
     } else {
-        rc = fail(err, errlen, "unsupported scheme '%.*s' (expected redis://, unix:// or redis+socket://)",
+        rc = errbuf_set(err, errlen, "unsupported scheme '%.*s' (expected redis://, unix:// or redis+socket://)",
                   (int)(slen > 20 ? 20 : slen), url);
     }
     if (rc == 0 && q) rc = parse_query(q + 1, strlen(q + 1), out, err, errlen);
@@ -360,16 +349,16 @@ static int send_auth(redisContext *c, const redis_url *u, const char *where, cha
     argv[argc] = pass;
     argvlen[argc++] = strlen(pass);
     redisReply *r = redisCommandArgv(c, argc, argv, argvlen);
-    if (!r) return fail(err, errlen, "AUTH to %s failed: %s", where, c->errstr);
+    if (!r) return errbuf_set(err, errlen, "AUTH to %s failed: %s", where, c->errstr);
     int rc = 0;
     if (r->type == REDIS_REPLY_ERROR) {
         char text[200];
         snprintf(text, sizeof(text), "%s", r->str ? r->str : "error");
         scrub_secret(text, u->password);
         if (u->username)
-            rc = fail(err, errlen, "authentication as user '%s' at %s failed: %s", u->username, where, text);
+            rc = errbuf_set(err, errlen, "authentication as user '%s' at %s failed: %s", u->username, where, text);
         else
-            rc = fail(err, errlen, "authentication at %s failed: %s", where, text);
+            rc = errbuf_set(err, errlen, "authentication at %s failed: %s", where, text);
     }
     freeReplyObject(r);
     return rc;
@@ -377,10 +366,10 @@ static int send_auth(redisContext *c, const redis_url *u, const char *where, cha
 
 static int send_select(redisContext *c, int db, const char *where, char *err, size_t errlen) {
     redisReply *r = redisCommand(c, "SELECT %d", db);
-    if (!r) return fail(err, errlen, "SELECT %d on %s failed: %s", db, where, c->errstr);
+    if (!r) return errbuf_set(err, errlen, "SELECT %d on %s failed: %s", db, where, c->errstr);
     int rc = 0;
     if (r->type == REDIS_REPLY_ERROR)
-        rc = fail(err, errlen, "SELECT %d on %s failed: %s", db, where, r->str ? r->str : "error");
+        rc = errbuf_set(err, errlen, "SELECT %d on %s failed: %s", db, where, r->str ? r->str : "error");
     freeReplyObject(r);
     return rc;
 }
@@ -399,21 +388,21 @@ redisContext *redis_url_connect(const redis_url *u, double timeout_s, char *err,
     else
         c = timeout_s > 0 ? redisConnectWithTimeout(u->host, u->port, tv) : redisConnect(u->host, u->port);
     if (!c) {
-        fail(err, errlen, "cannot connect to Redis at %s: out of memory", where);
+        errbuf_set(err, errlen, "cannot connect to Redis at %s: out of memory", where);
         return NULL;
     }
     if (c->err) {
-        fail(err, errlen, "cannot connect to Redis at %s: %s", where, c->errstr);
+        errbuf_set(err, errlen, "cannot connect to Redis at %s: %s", where, c->errstr);
         redisFree(c);
         return NULL;
     }
     if (timeout_s > 0 && redisSetTimeout(c, tv) != REDIS_OK) {
-        fail(err, errlen, "cannot set the command timeout on %s: %s", where, c->errstr);
+        errbuf_set(err, errlen, "cannot set the command timeout on %s: %s", where, c->errstr);
         redisFree(c);
         return NULL;
     }
     if (u->kind == REDIS_URL_TCP && redisEnableKeepAlive(c) != REDIS_OK) {
-        fail(err, errlen, "cannot enable TCP keepalive on %s: %s", where, c->errstr);
+        errbuf_set(err, errlen, "cannot enable TCP keepalive on %s: %s", where, c->errstr);
         redisFree(c);
         return NULL;
     }

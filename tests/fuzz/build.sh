@@ -20,7 +20,7 @@ mkdir -p "$out/obj"
 # the archive resolves whatever a parser calls. chdb.c (the chdb:// backend)
 # is listed for its symbols only: fuzz_ch_url never opens a chdb:// URL.
 LIB_SOURCES="
-common/mem.c common/buf.c common/log.c common/pyjson.c common/timeutil.c common/base64.c
+common/mem.c common/buf.c common/log.c common/pyjson.c common/timeutil.c common/base64.c common/errbuf.c
 broker/url.c broker/message.c broker/transport.c broker/backend.c broker/events.c broker/control.c
 clickhouse/client.c clickhouse/schema.c clickhouse/encode.c clickhouse/event_row.c clickhouse/chdb.c
 tasks/telemetry.c
