@@ -160,19 +160,28 @@ static const char *entry_field(redisReply *fields, const char *name, size_t *len
     return v;
 }
 
-/* Turn one read entry into a batch entry (validated, rows ready). */
-static void batch_add(drain_session *s, const drain_read_entry *re)
+/* Turn one read entry into a batch entry (validated, rows ready). read_at:
+ * when the read that delivered it was sent, i.e. no later than Redis reset
+ * its idle time. */
+static void batch_add(drain_session *s, const drain_read_entry *re, double read_at)
 {
     drain_batch *b = s->batch;
     if (b->n == b->cap) {
         b->cap = b->cap ? b->cap * 2 : 64;
         b->e = xrealloc(b->e, b->cap * sizeof(*b->e));
     }
+    /* Reading an entry (new or from our pending list) makes it ours with a
+     * fresh idle time: the batch is held as of its OLDEST read, not as of
+     * when the entry joins it. The two differ when a read's entries fill
+     * more than one batch and an earlier batch took long to store (an
+     * outage): the entries left over have been idle all that time, another
+     * consumer may have reclaimed them, and the hold check before the
+     * insert must run (it drops them if so). */
     if (b->n == 0) {
         b->started = time_monotonic();
-        /* Reading an entry (new or from our pending list) makes it ours
-         * with a fresh idle time: the batch is held as of its first read. */
-        s->held_at = b->started;
+        s->held_at = read_at;
+    } else if (read_at < s->held_at) {
+        s->held_at = read_at;
     }
     batch_entry *be = &b->e[b->n++];
     memset(be, 0, sizeof(*be));
@@ -274,10 +283,12 @@ static int hold_batch(drain_session *s, char *err, size_t errlen)
     if (rc >= 0) {
         size_t nlost = 0, first = 0;
         for (size_t k = 0; k < n; k++) {
-            if (lost[k] == HOLD_GONE && !b->e[at[k]].check_dups) {
-                rc = 1;
+            if (lost[k] == HOLD_GONE) {
                 /* Acked elsewhere, or trimmed from the stream: no one can
-                 * take it any more; store it unless its rows are there. */
+                 * take it any more; store it unless its rows are there. The
+                 * check runs again even when the entry was checked before:
+                 * the consumer that acked it may have stored its rows since. */
+                rc = 1;
                 b->e[at[k]].check_dups = 1;
                 if (s->fence_since <= 0) s->fence_since = now;
             }
@@ -583,6 +594,7 @@ static int fence(drain_session *s, ch_error *e)
         return 0;
     }
     if (rc != 0) return -1;
+    s->fence_running = running;
     if (running > 0) {
         e->code = 0;
         e->http_status = 0;
@@ -886,9 +898,10 @@ static int flush(drain_session *s, char *err, size_t errlen)
     drain_batch *b = s->batch;
     if (b->n == 0) return 0;
     retry_state rs = {0, 0};
-    int rc = 0;
+    int rc = 0, fence_logged = 0;
     for (;;) {
         size_t held = 0;
+        s->fence_running = 0;
         for (size_t i = 0; i < b->n; i++) held += !b->e[i].lost;
         if (held == 0) break;   /* all taken over while we waited: nothing left to do */
         ch_error e;
@@ -910,7 +923,13 @@ static int flush(drain_session *s, char *err, size_t errlen)
             }
             continue;
         }
-        ch_failed(s, &e);
+        if (s->fence_running > 0) {
+            /* Not a failure: older inserts still run on the server. */
+            if (!fence_logged++)
+                log_info("ClickHouse %s: %s", ch_client_redacted_url(s->ch), e.msg);
+        } else {
+            ch_failed(s, &e);
+        }
         if (!e.transient) s->have_table = 0;   /* the table may be recreated meanwhile */
         /* The answer may have been lost after the server stored the rows. */
         for (size_t i = 0; i < b->n; i++) b->e[i].check_dups = 1;
@@ -974,13 +993,14 @@ static int all_pending_done(const drain_session *s)
 }
 
 /* Take a read's entries into the batch, flushing whenever it is full. */
-static int take_entries(drain_session *s, drain_read_entry *re, size_t n, char *err, size_t errlen)
+static int take_entries(drain_session *s, drain_read_entry *re, size_t n, double read_at,
+                        char *err, size_t errlen)
 {
     int any_history = 0;
     for (size_t i = 0; i < n; i++) any_history |= re[i].history;
     if (any_history && streams_delivery_counts(s, re, n, err, errlen) != 0) return -2;
     for (size_t i = 0; i < n; i++) {
-        batch_add(s, &re[i]);
+        batch_add(s, &re[i], read_at);
         if (batch_full(s) && flush(s, err, errlen) != 0) return -1;
     }
     return 0;
@@ -995,6 +1015,7 @@ static long iteration(drain_session *s, char *err, size_t errlen)
     for (;;) {
         int had_history = !all_pending_done(s);
         redisReply *reply = NULL;
+        double read_at = time_monotonic();
         int rc = streams_read(s, block, &reply, err, errlen);
         if (rc == -2 && changed++ < 2) {
             if (flush(s, err, errlen) != 0) return -1;
@@ -1008,7 +1029,7 @@ static long iteration(drain_session *s, char *err, size_t errlen)
         drain_read_entry *re = NULL;
         size_t n = streams_collect(s, reply, &re);
         if (n > 0) {
-            int trc = take_entries(s, re, n, err, errlen);
+            int trc = take_entries(s, re, n, read_at, err, errlen);
             free(re);
             freeReplyObject(reply);
             return trc < 0 ? trc : (long)n;

@@ -79,6 +79,8 @@ struct drain_session {
     double held_at;               /* monotonic time the batch's ownership was last checked */
     char uncertain_qid[64];       /* query_id of an insert that failed without an answer (it
                                      may still run there); "" none */
+    long fence_running;           /* the last fence found this many older inserts running: a
+                                   * wait, not a ClickHouse failure (logged once per wait) */
     int fence_unsupported;        /* system.processes not readable: no fence (warned once) */
 
     drain_batch *batch;

@@ -9,13 +9,17 @@ inserted, so count() == uniqExact(org_id_hash, event_id) == expected (no
 FINAL) really means "stored exactly once"."""
 
 import json
+import select
+import socket
+import socketserver
 import subprocess
+import threading
 import time
 
 import pytest
 
 import telemetry_gen as tg
-from helpers import wait_for
+from helpers import free_port, wait_for
 from telemetry_gen import EventSpec, Gen, org_hash, stream_for
 from test_drain_e2e import ch_db, producer  # noqa: F401 - fixtures, used by name
 from test_drain_e2e import (
@@ -395,11 +399,6 @@ def test_interrupted_replay_rerun_stores_each_event_once(first_copy, producer, c
     check_nothing_pending(r, producer.model)
 
 
-@pytest.mark.xfail(strict=False, reason=(
-    "known race, open in issue #3: during an outage longer than telemetry_reclaim_idle_ms "
-    "a batch reclaimed by the other worker is sometimes still inserted by its first holder "
-    "(seen: 200 of 40,000 rows twice in 1 of 4 CI runs); the ownership re-claim before each "
-    "insert (tasks/streams.c streams_hold) narrows it but does not close it"))
 def test_outage_longer_than_reclaim_idle_with_two_workers(producer, ch_db, worker, celery_app,
                                                           clickhouse_server):
     """Two workers draining when ClickHouse goes away for longer than
@@ -430,3 +429,81 @@ def test_outage_longer_than_reclaim_idle_with_two_workers(producer, ch_db, worke
     assert c == uk == total_events(), f"count()={c} uniqExact={uk}; results {ra} {rb}"
     check_rows(ch_db, model, t0, t1)
     check_nothing_pending(r, model)
+
+
+class Forwarder:
+    """A TCP forwarder to ClickHouse that is down (nothing listening: the
+    connection is refused) until up() is called."""
+
+    def __init__(self, target_port):
+        self.port = free_port()
+        self.target = ("127.0.0.1", target_port)
+        self.server = None
+
+    def up(self):
+        target = self.target
+
+        class Pipe(socketserver.BaseRequestHandler):
+            def handle(self):
+                with socket.create_connection(target) as upstream:
+                    socks = [self.request, upstream]
+                    while True:
+                        ready, _, _ = select.select(socks, [], [], 30)
+                        if not ready:
+                            return
+                        for src in ready:
+                            data = src.recv(65536)
+                            if not data:
+                                return
+                            (upstream if src is self.request else self.request).sendall(data)
+
+        socketserver.ThreadingTCPServer.allow_reuse_address = True
+        self.server = socketserver.ThreadingTCPServer(("127.0.0.1", self.port), Pipe)
+        self.server.daemon_threads = True
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self):
+        if self.server:
+            self.server.shutdown()
+            self.server.server_close()
+
+
+def test_entries_left_over_from_a_read_are_rechecked_after_a_long_flush(
+        producer, ch_db, ptel_cli, worker_config, worker_bin, tmp_path):
+    """One read delivers two entries; the first fills a batch whose insert
+    waits out an outage longer than telemetry_reclaim_idle_ms, so the second
+    entry, not yet in a batch, goes idle and another consumer takes it over
+    and stores it. When the first drain gets ClickHouse back, it must find
+    out (ownership check before the insert) instead of inserting the second
+    entry again: deterministic form of the two-worker outage race."""
+    ch_db.create_strict_table()
+    gen = Gen(seed=408)
+    org = org_hash("leftover")
+    for _ in range(2):
+        producer.batch(org, [EventSpec.of(gen.event(org=org)) for _ in range(20)])
+    streams = producer.model.streams
+    fwd = Forwarder(int(ch_db.url.rsplit(":", 1)[1].split("/", 1)[0]))
+    proxied = ch_db.url.replace(ch_db.url.rsplit(":", 1)[1].split("/", 1)[0], str(fwd.port), 1)
+    settings = dict(telemetry_read_count=2, telemetry_batch_max_rows=20,
+                    telemetry_reclaim_idle_ms=1000, telemetry_backoff_max_s=1,
+                    clickhouse_connect_timeout=1, clickhouse_timeout=3)
+    config = worker_config(clickhouse_url=proxied, **settings)
+    out = open(tmp_path / "first.out", "w+")
+    first = subprocess.Popen([str(worker_bin), "drain", "--until-empty", "--json", "--config",
+                              str(config)], stdout=out, stderr=subprocess.STDOUT, cwd=tmp_path)
+    try:
+        wait_for(lambda: tg.pending_total(producer.r, streams) == 2, 20,
+                 desc="the first drain read both entries")
+        time.sleep(2.5)   # the left-over entry idles > 1 s; the first batch is held
+        second = run_drain(ptel_cli, ch_db, **settings)
+        assert second["reclaimed"] == 1 and second["processed"] == 20, second
+        fwd.up()
+        assert first.wait(timeout=60) == 0
+    finally:
+        if first.poll() is None:
+            first.kill()
+        fwd.close()
+    out.seek(0)
+    log = out.read()
+    assert ch_db.counts() == (40, 40, 40), log
+    assert tg.pending_total(producer.r, streams) == 0
