@@ -74,6 +74,9 @@ struct drain_session {
     double last_refresh;          /* monotonic; 0 = never */
     int streams_warned_limit;
     double last_reclaim;
+    double entry_bytes_avg;       /* running mean of the entries read (field bytes): sizes the
+                                     next read's COUNT (streams.c read_count_now) */
+    int last_read_count;          /* the COUNT of the last XREADGROUP */
     double fence_since;           /* monotonic; 0 none: before the next dedup check, wait for
                                      drain inserts started before this (drain.c fence) */
     double held_at;               /* monotonic time the batch's ownership was last checked */

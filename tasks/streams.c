@@ -286,6 +286,20 @@ int streams_revalidate(drain_session *s, char *err, size_t errlen)
  * whose own pending entries are not exhausted, ">" for the others. 0 with
  * *reply (NULL when nothing came back), -1 Redis down, -2 the streams
  * changed under us (NOGROUP, WRONGTYPE): the caller revalidates. */
+/* COUNT for the next read: one entry per stream until a size is known, then
+ * telemetry_read_count entries per stream, fewer when the entries seen so
+ * far are big, so that one read of every stream
+ * stays near batch_max_bytes (an XREADGROUP reply is held whole in memory:
+ * 100 entries of 500 one-megabyte events would be 50 GB). At least 1. */
+static int read_count_now(const drain_session *s, size_t streams)
+{
+    if (streams == 0) return s->o.read_count;
+    if (s->entry_bytes_avg <= 0) return 1;   /* sizes unknown yet: one per stream first */
+    double fit = (double)s->o.batch_max_bytes / (s->entry_bytes_avg * (double)streams);
+    if (fit >= s->o.read_count) return s->o.read_count;
+    return fit < 1 ? 1 : (int)fit;
+}
+
 int streams_read(drain_session *s, int block_ms, redisReply **reply, char *err, size_t errlen)
 {
     *reply = NULL;
@@ -294,7 +308,8 @@ int streams_read(drain_session *s, int block_ms, redisReply **reply, char *err, 
     if (n == 0) return 0;
     const char **argv = xmalloc((9 + 2 * n) * sizeof(*argv));
     char count[16], block[16];
-    snprintf(count, sizeof count, "%d", s->o.read_count);
+    s->last_read_count = read_count_now(s, n);
+    snprintf(count, sizeof count, "%d", s->last_read_count);
     snprintf(block, sizeof block, "%d", block_ms);
     int argc = 0;
     argv[argc++] = "XREADGROUP";
@@ -377,9 +392,17 @@ size_t streams_collect(drain_session *s, redisReply *reply, drain_read_entry **o
             d->fields = e->element[1]->type == REDIS_REPLY_ARRAY ? e->element[1] : NULL;
             d->history = st->read_history;
             d->deliveries = 1;
+            size_t bytes = 0;
+            for (size_t f = 0; d->fields && f < d->fields->elements; f++)
+                bytes += d->fields->element[f]->len;
+            /* A running mean that follows a change of entry sizes within
+             * a few dozen entries. */
+            s->entry_bytes_avg = s->entry_bytes_avg <= 0 ? (double)bytes
+                                 : s->entry_bytes_avg + ((double)bytes - s->entry_bytes_avg) / 16;
             if (st->read_history) snprintf(st->pending_cursor, DRAIN_ID_MAX, "%s", d->id);
         }
-        if (st->read_history && entries->elements < (size_t)s->o.read_count) st->pending_done = 1;
+        if (st->read_history && entries->elements < (size_t)s->last_read_count)
+            st->pending_done = 1;
     }
     /* Streams read from history that sent nothing are omitted only when
      * empty arrays are; treat any history stream absent from the reply as done. */

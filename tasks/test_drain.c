@@ -346,6 +346,33 @@ START_TEST(test_drain_stores_valid_and_dead_letters_invalid_across_orgs)
 }
 END_TEST
 
+/* Big entries: a read takes only as many entries as fit batch_max_bytes
+ * (the XREADGROUP reply is held whole in memory), at least one. */
+START_TEST(test_drain_read_count_shrinks_for_big_entries)
+{
+    for (int i = 0; i < 10; i++) {
+        char tag[16];
+        snprintf(tag, sizeof tag, "big%d", i);
+        xadd_valid("orga", tag, 300);   /* ~60 KB of events each */
+    }
+    drain_options o = options("node#1");
+    o.read_count = 10;
+    o.batch_max_bytes = 100000;
+    char err[512];
+    drain_session *s = drain_session_new(&o, err, sizeof err);
+    drain_request q = {0};
+    q.until_empty = 1;
+    drain_result r;
+    ck_assert_msg(drain_run(s, &q, &r, err, sizeof err) == 0, "%s", err);
+    ck_assert_int_eq(r.entries, 10);
+    ck_assert_int_eq(r.processed, 3000);
+    ck_assert_msg(r.iterations >= 10, "%lld reads for 10 entries of 60 KB with a 100 KB batch: "
+                  "more than one entry per read", r.iterations);
+    ck_assert_int_eq(ch_count(NULL), 3000);
+    drain_session_free(s);
+}
+END_TEST
+
 START_TEST(test_drain_max_iterations_limits_reads)
 {
     for (int i = 0; i < 5; i++) {
@@ -360,15 +387,22 @@ START_TEST(test_drain_max_iterations_limits_reads)
     drain_request q = {0};
     q.max_iterations = 1;
     drain_result r;
+    /* A new session does not know the entries' size yet: its first read
+     * takes one entry per stream (a read is held whole in memory). */
+    ck_assert_msg(drain_run(s, &q, &r, err, sizeof err) == 0, "%s", err);
+    ck_assert_int_eq(r.iterations, 1);
+    ck_assert_int_eq(r.entries, 1);
+    ck_assert_int_eq(ch_count(NULL), 1);
+    /* the same session (connections reused) continues, small entries:
+     * read_count per read */
     ck_assert_msg(drain_run(s, &q, &r, err, sizeof err) == 0, "%s", err);
     ck_assert_int_eq(r.iterations, 1);
     ck_assert_int_eq(r.entries, 2);
-    ck_assert_int_eq(ch_count(NULL), 2);
-    /* the same session (connections reused) continues */
+    ck_assert_int_eq(ch_count(NULL), 3);
     q.max_iterations = 0;
     q.until_empty = 1;
     ck_assert_msg(drain_run(s, &q, &r, err, sizeof err) == 0, "%s", err);
-    ck_assert_int_eq(r.entries, 3);
+    ck_assert_int_eq(r.entries, 2);
     ck_assert_int_eq(ch_count(NULL), 5);
     drain_session_free(s);
 }
@@ -922,6 +956,7 @@ int main(void)
     tcase_set_timeout(tc, 120);
     tcase_add_test(tc, test_drain_stores_valid_and_dead_letters_invalid_across_orgs);
     tcase_add_test(tc, test_drain_max_iterations_limits_reads);
+    tcase_add_test(tc, test_drain_read_count_shrinks_for_big_entries);
     tcase_add_test(tc, test_drain_dead_letters_entry_past_max_deliveries);
     tcase_add_test(tc, test_drain_splits_batch_to_isolate_refused_row);
     tcase_add_test(tc, test_drain_transient_failure_keeps_entries_pending_then_stores_once);

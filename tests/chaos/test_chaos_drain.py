@@ -20,7 +20,6 @@ import random
 import threading
 import time
 
-import pytest
 
 import telemetry_gen as tg
 from conftest import FAULT_ROUNDS, ROUNDS, report
@@ -220,9 +219,6 @@ def test_outages_mid_drain(clean_redis, ch_db, worker, celery_app, redis_url, pr
     for kind in ("ch_stop", "ch_pause"):
         assert sum(ln["ch_down"] for ln in lines if ln["kind"] == kind) >= 1, \
             f"no {kind} outage was noticed: {lines}"
-    if dups:
-        # Was a known bug until 7a10f70 (RELIABILITY.md, "Known gaps" 1): an
-        # INSERT whose answer was lost while ClickHouse was frozen committed
-        # after SIGCONT, behind the redelivery lookup. Now fenced through
-        # system.processes; make this a hard assert once it stays at 0.
-        pytest.xfail(f"{dups} duplicate rows after a frozen ClickHouse")
+    # Redeliveries after an outage are looked up before they are inserted,
+    # fenced against inserts still running on the server (drain.c).
+    assert dups == 0, f"{dups} duplicate rows visible to count() after outages"

@@ -470,7 +470,7 @@ class Forwarder:
 
 def test_entries_left_over_from_a_read_are_rechecked_after_a_long_flush(
         producer, ch_db, ptel_cli, worker_config, worker_bin, tmp_path):
-    """One read delivers two entries; the first fills a batch whose insert
+    """One read delivers two entries (two streams); the first fills a batch whose insert
     waits out an outage longer than telemetry_reclaim_idle_ms, so the second
     entry, not yet in a batch, goes idle and another consumer takes it over
     and stores it. When the first drain gets ClickHouse back, it must find
@@ -478,8 +478,7 @@ def test_entries_left_over_from_a_read_are_rechecked_after_a_long_flush(
     entry again: deterministic form of the two-worker outage race."""
     ch_db.create_strict_table()
     gen = Gen(seed=408)
-    org = org_hash("leftover")
-    for _ in range(2):
+    for org in (org_hash("leftover-1"), org_hash("leftover-2")):   # one read: one entry each
         producer.batch(org, [EventSpec.of(gen.event(org=org)) for _ in range(20)])
     streams = producer.model.streams
     fwd = Forwarder(int(ch_db.url.rsplit(":", 1)[1].split("/", 1)[0]))
