@@ -158,6 +158,16 @@ static void xadd_valid(const char *org, const char *tag, int n)
     buf_free(&b);
 }
 
+/* `entries` entries of `events` valid events each, tagged prefix0, prefix1, ... */
+static void xadd_entries(const char *org, const char *prefix, int entries, int events)
+{
+    for (int i = 0; i < entries; i++) {
+        char tag[32];
+        snprintf(tag, sizeof tag, "%s%d", prefix, i);
+        xadd_valid(org, tag, events);
+    }
+}
+
 static drain_options options(const char *consumer)
 {
     drain_options o = {0};
@@ -350,11 +360,7 @@ END_TEST
  * (the XREADGROUP reply is held whole in memory), at least one. */
 START_TEST(test_drain_read_count_shrinks_for_big_entries)
 {
-    for (int i = 0; i < 10; i++) {
-        char tag[16];
-        snprintf(tag, sizeof tag, "big%d", i);
-        xadd_valid("orga", tag, 300);   /* ~60 KB of events each */
-    }
+    xadd_entries("orga", "big", 10, 300);   /* ~60 KB of events each */
     drain_options o = options("node#1");
     o.read_count = 10;
     o.batch_max_bytes = 100000;
@@ -375,11 +381,7 @@ END_TEST
 
 START_TEST(test_drain_max_iterations_limits_reads)
 {
-    for (int i = 0; i < 5; i++) {
-        char tag[16];
-        snprintf(tag, sizeof tag, "b%d", i);
-        xadd_valid("orga", tag, 1);
-    }
+    xadd_entries("orga", "b", 5, 1);
     drain_options o = options("node#1");
     o.read_count = 2;
     char err[512];
@@ -599,12 +601,7 @@ static void *worker(void *p)
 START_TEST(test_two_consumers_store_every_event_exactly_once)
 {
     const char *orgs[] = {"orga", "orgb", "orgc", "orgd"};
-    for (int o = 0; o < 4; o++)
-        for (int i = 0; i < 15; i++) {
-            char tag[16];
-            snprintf(tag, sizeof tag, "x%d", i);
-            xadd_valid(orgs[o], tag, 2);
-        }
+    for (int o = 0; o < 4; o++) xadd_entries(orgs[o], "x", 15, 2);
     worker_arg a = {"node#1", {0}, 0}, b = {"node#2", {0}, 0};
     pthread_t ta, tb;
     pthread_create(&ta, NULL, worker, &a);
@@ -910,11 +907,7 @@ static void count_progress(const drain_result *r, void *arg)
 
 START_TEST(test_drain_reports_progress_per_batch)
 {
-    for (int i = 0; i < 6; i++) {
-        char tag[16];
-        snprintf(tag, sizeof tag, "p%d", i);
-        xadd_valid("orga", tag, 2);
-    }
+    xadd_entries("orga", "p", 6, 2);
     drain_options o = options("node#1");
     o.batch_max_rows = 4;
     char err[512];
