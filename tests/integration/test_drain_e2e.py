@@ -80,18 +80,20 @@ class ChDb:
             out[key] = row
         return out, ms
 
-    def create_strict_table(self):
+    def create_strict_table(self, partition="toYYYYMM(occurred_at)", settings=None):
         """The legacy (18.16) layout with a plain MergeTree engine: unlike the
         production ReplacingMergeTree, background merges never collapse
-        duplicates, so count() shows every row ever inserted."""
+        duplicates, so count() shows every row ever inserted. settings: a
+        MergeTree SETTINGS clause's body."""
         self.q(f"CREATE DATABASE IF NOT EXISTS {self.name}")
         self.q(f"""CREATE TABLE {self.table} (
             org_id_hash String DEFAULT '', event_id String, name String,
             schema_version String, session_id String, anonymous_user_id String,
             route_pattern Nullable(String), payload_json String,
             occurred_at DateTime('UTC'), ingested_at DateTime('UTC'), source String
-        ) ENGINE = MergeTree PARTITION BY toYYYYMM(occurred_at)
-        ORDER BY (org_id_hash, name, occurred_at, event_id)""")
+        ) ENGINE = MergeTree PARTITION BY {partition}
+        ORDER BY (org_id_hash, name, occurred_at, event_id)
+        {"SETTINGS " + settings if settings else ""}""")
 
 
 @pytest.fixture
