@@ -28,7 +28,8 @@ Telemetry side (`run_product_telemetry_consumer` via Celery):
 |----------------------------------------|----------------------------------------------|
 | entry of 500 events x 64 KB (1 MB with  | stored whole: CONTRACT bounds events per     |
 |   PTEL_BAD_INPUTS_FULL=1)              |   entry (500), not bytes; batch bytes cap     |
-|                                        |   flushes after the entry                     |
+|                                        |   flushes after the entry, and reads shrink   |
+|                                        |   to fit it (tasks/test_drain.c)              |
 | entry without `events`                 | DLQ missing_events, entry acked               |
 | entry with extra fields                | stored, extra fields ignored                  |
 | a string key named like a stream       | skipped (SCAN ... TYPE stream), untouched     |
