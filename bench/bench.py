@@ -304,6 +304,10 @@ class Bench:
             return None
         self.reset()
         self.r1.flushdb()
+        # A task's run ends with one XREADGROUP ... BLOCK telemetry_block_ms
+        # that finds nothing; at the 1 s default that wait would be most of a
+        # 1-2 s run, so the throughput runs use 50 ms.
+        cfg = cfg or self.write_config("task-drain.cfg", telemetry_block_ms=50)
         p = self.start_c_worker(slots, cfg=cfg)
         wait_ready(p, 30)
         os.environ["BENCH_BROKER_URL"] = "redis://127.0.0.1:%d/1" % self.svc.redis_port
