@@ -59,6 +59,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 #include <time.h>
 
 #include "common/buf.h"
@@ -384,6 +385,10 @@ static int ensure_table(drain_session *s, ch_error *e)
     if (ch_table_describe(s->ch, s->o.clickhouse_table, &s->table, e) != 0) return -1;
     ch_batch_free(s->chb);
     s->chb = ch_batch_new(&s->table, s->format);
+    /* No insert is in flight here (ensure_table runs on this thread only
+     * after finish_insert joined it). */
+    ch_batch_free(s->chb_inflight);
+    s->chb_inflight = s->ch_async ? ch_batch_new(&s->table, s->format) : NULL;
     s->have_table = 1;
     return 0;
 }
@@ -618,9 +623,11 @@ static void dedup_token(const drain_session *s, size_t first, size_t count, char
     const uint64_t prime = 0x100000001b3ULL;
     for (size_t i = first; i < first + count; i++) {
         const batch_entry *be = &s->batch->e[s->batch->ref_entry[i]];
-        char idx[16];
-        snprintf(idx, sizeof idx, "%d", be->event_index[s->batch->ref_row[i]]);
-        const char *parts[] = {be->stream, be->id, idx};
+        char idx[16], *d = idx + sizeof idx;   /* the index in decimal, as "%d" prints it */
+        unsigned v = (unsigned)be->event_index[s->batch->ref_row[i]];
+        *--d = '\0';
+        do *--d = (char)('0' + v % 10); while ((v /= 10) != 0);
+        const char *parts[] = {be->stream, be->id, d};
         for (int p = 0; p < 3; p++) {
             for (const unsigned char *c = (const unsigned char *)parts[p];; c++) {
                 h1 = (h1 ^ *c) * prime;
@@ -733,13 +740,26 @@ static size_t count_lost(const drain_batch *b)
     return n;
 }
 
-/* Encode every pending row of the entries still held and insert them.
- * 0: every such row is stored or failed. -1: ClickHouse failed (e filled).
- * -2: Redis failed while checking ownership (err filled): nothing inserted. */
-static int store_rows(drain_session *s, ch_error *e, char *err, size_t errlen)
+static int any_row_pending(const drain_batch *b)
+{
+    for (size_t i = 0; i < b->n; i++) {
+        if (b->e[i].lost) continue;
+        for (size_t r = 0; r < b->e[i].t.n_rows; r++)
+            if (b->e[i].state[r] == ROW_PENDING) return 1;
+    }
+    return 0;
+}
+
+/* Everything before the insert request: the table known, older inserts
+ * fenced, redelivered rows looked up, the pending rows of the entries still
+ * held encoded (s->chb) and the batch held. 0: b->nref rows are ready (0:
+ * nothing left to insert). -1: ClickHouse failed (e filled). -2: Redis failed
+ * while checking ownership (err filled). */
+static int prepare_insert(drain_session *s, ch_error *e, char *err, size_t errlen)
 {
     drain_batch *b = s->batch;
-    if (b->rows == 0) return 0;
+    b->nref = 0;
+    if (!any_row_pending(b)) return 0;
     if (ensure_table(s, e) != 0) return -1;
     /* Asked (and cached) now, so the version query ch_insert_range makes
      * once cannot take the query_id meant for the insert. */
@@ -749,14 +769,25 @@ static int store_rows(drain_session *s, ch_error *e, char *err, size_t errlen)
     for (;;) {
         if (encode_rows(s) == 0) return 0;
         /* Held right before the request (encoding may take a while). */
-        if (!hold_fresh(s)) {
-            size_t lost = count_lost(b);
-            int h = hold_batch(s, err, errlen);
-            if (h < 0) return -2;
-            if (h > 0 && (fence(s, e) != 0 || dedup_rows(s, e) != 0)) return -1;
-            if (h > 0 || count_lost(b) != lost) continue;   /* re-encode what is left */
-        }
-        int rc = insert_split(s, 0, b->nref, 0, e);
+        if (hold_fresh(s)) return 0;
+        size_t lost = count_lost(b);
+        int h = hold_batch(s, err, errlen);
+        if (h < 0) return -2;
+        if (h > 0 && (fence(s, e) != 0 || dedup_rows(s, e) != 0)) return -1;
+        if (h == 0 && count_lost(b) == lost) return 0;
+        /* entries were lost or must be looked up: re-encode what is left */
+    }
+}
+
+/* Encode every pending row of the entries still held and insert them.
+ * 0: every such row is stored or failed. -1: ClickHouse failed (e filled).
+ * -2: Redis failed while checking ownership (err filled): nothing inserted. */
+static int store_rows(drain_session *s, ch_error *e, char *err, size_t errlen)
+{
+    for (;;) {
+        int rc = prepare_insert(s, e, err, errlen);
+        if (rc != 0 || s->batch->nref == 0) return rc;
+        rc = insert_split(s, 0, s->batch->nref, 0, e);
         if (rc != INSERT_UNHELD) return rc;
     }
 }
@@ -956,6 +987,118 @@ static int flush(drain_session *s, char *err, size_t errlen)
     return rc;
 }
 
+/* ---- Overlapped insert ---------------------------------------------------------------------- */
+
+/* One insert request takes as long as ClickHouse needs to parse and write
+ * the batch; this thread would otherwise sit idle all that time. So a full
+ * batch is prepared here (fence, lookup, encode, hold: prepare_insert),
+ * then its insert request goes out on insert_thread over s->ch_async while
+ * this thread reads and validates the next batch. Before the next batch is
+ * sent, before a reclaim or a blocking read, and at the end of the run,
+ * finish_insert joins the thread and completes the batch exactly as flush()
+ * would: a failed or refused insert falls back to flush()'s retries and
+ * splits, then dead-lettering and acks. At most one batch is in flight, so
+ * memory is at most two batches. */
+
+static void *insert_main(void *arg)
+{
+    drain_session *s = arg;
+    double t0 = time_monotonic();
+    s->inflight_rc = ch_insert_range(s->ch_async, s->o.clickhouse_table, s->chb_inflight, 0,
+                                     s->inflight->nref, s->inflight_token, &s->inflight_err);
+    s->inflight_seconds = time_monotonic() - t0;
+    return NULL;
+}
+
+static void swap_batches(drain_batch **a, drain_batch **b)
+{
+    drain_batch *t = *a;
+    *a = *b;
+    *b = t;
+}
+
+/* Join the in-flight insert and complete its batch (store what is left,
+ * dead-letter, ack); the batch being filled is untouched. -1 (err filled)
+ * when the run's budget ended first. */
+static int finish_insert(drain_session *s, char *err, size_t errlen)
+{
+    if (!s->inflight) return 0;
+    pthread_join(s->insert_thread, NULL);
+    double filling_held_at = s->held_at;
+    swap_batches(&s->batch, &s->inflight);   /* s->inflight: the batch being filled */
+    drain_batch *b = s->batch;
+    s->held_at = s->inflight_held_at;
+    if (s->inflight_rc == 0) {
+        metrics_observe("ptel_clickhouse_insert_seconds", "", s->inflight_seconds);
+        metrics_add("ptel_clickhouse_insert_rows_total", "", (double)b->nref);
+        mark_range(s, 0, b->nref, ROW_STORED, NULL);
+    } else {
+        const ch_error *e = &s->inflight_err;
+        metrics_add("ptel_clickhouse_errors_total",
+                    e->transient ? "class=\"transient\"" : "class=\"permanent\"", 1);
+        if (!ch_error_blames_rows(e)) {
+            /* As insert_split: the server may still run it. */
+            snprintf(s->uncertain_qid, sizeof s->uncertain_qid, "%s", s->inflight_token);
+            s->fence_since = time_monotonic();
+            for (size_t i = 0; i < b->n; i++) b->e[i].check_dups = 1;
+        }
+        /* flush() below tries again (logging the failure if it persists),
+         * splitting a refused batch. */
+    }
+    int rc = flush(s, err, errlen);
+    swap_batches(&s->batch, &s->inflight);
+    s->spare = s->inflight;                  /* emptied by flush() */
+    s->inflight = NULL;
+    s->held_at = filling_held_at;
+    return rc;
+}
+
+/* Flush a full batch, overlapping its insert with what follows when it can.
+ * -1 (err filled) when the budget ended first. */
+static int flush_overlapped(drain_session *s, char *err, size_t errlen)
+{
+    if (finish_insert(s, err, errlen) != 0) return -1;
+    drain_batch *b = s->batch;
+    if (!s->ch_async || b->n == 0) return flush(s, err, errlen);
+    ch_error e;
+    s->fence_running = 0;
+    /* Anything out of the ordinary (ClickHouse or Redis failing, nothing
+     * left to insert) takes the synchronous path, which retries and logs. */
+    if (prepare_insert(s, &e, err, errlen) != 0 || b->nref == 0 ||
+        ch_server_version(s->ch_async, NULL, NULL, &e) != 0)
+        return flush(s, err, errlen);
+    dedup_token(s, 0, b->nref, s->inflight_token, sizeof s->inflight_token);
+    /* query_id = the token, as insert_split does. */
+    ch_client_set_query_id(s->ch_async, s->inflight_token);
+    ch_batch *t = s->chb;
+    s->chb = s->chb_inflight;
+    s->chb_inflight = t;
+    s->inflight = b;
+    s->inflight_held_at = s->held_at;
+    s->batch = s->spare;
+    s->spare = NULL;
+    s->held_at = 0;
+    if (pthread_create(&s->insert_thread, NULL, insert_main, s) != 0) {
+        /* No thread: put everything back and store it here. */
+        s->spare = s->batch;
+        s->batch = s->inflight;
+        s->inflight = NULL;
+        s->chb_inflight = s->chb;
+        s->chb = t;
+        s->held_at = s->inflight_held_at;
+        return flush(s, err, errlen);
+    }
+    return 0;
+}
+
+/* Flush everything: the batch in flight, then the one being filled. */
+static int flush_all(drain_session *s, char *err, size_t errlen)
+{
+    int rc = finish_insert(s, err, errlen);
+    if (flush(s, err, errlen) != 0) rc = -1;
+    return rc;
+}
+
 /* ---- The run ------------------------------------------------------------------------------- */
 
 /* Redis connected, streams known and grouped, ClickHouse answering when it
@@ -1001,7 +1144,7 @@ static int take_entries(drain_session *s, drain_read_entry *re, size_t n, double
     if (any_history && streams_delivery_counts(s, re, n, err, errlen) != 0) return -2;
     for (size_t i = 0; i < n; i++) {
         batch_add(s, &re[i], read_at);
-        if (batch_full(s) && flush(s, err, errlen) != 0) return -1;
+        if (batch_full(s) && flush_overlapped(s, err, errlen) != 0) return -1;
     }
     return 0;
 }
@@ -1018,7 +1161,7 @@ static long iteration(drain_session *s, char *err, size_t errlen)
         double read_at = time_monotonic();
         int rc = streams_read(s, block, &reply, err, errlen);
         if (rc == -2 && changed++ < 2) {
-            if (flush(s, err, errlen) != 0) return -1;
+            if (flush_all(s, err, errlen) != 0) return -1;
             if (streams_revalidate(s, err, errlen) != 0) return -2;
             continue;
         }
@@ -1037,7 +1180,7 @@ static long iteration(drain_session *s, char *err, size_t errlen)
         if (reply) freeReplyObject(reply);
         if (had_history) continue;              /* history exhausted: now read new ones */
         if (block > 0 || s->req->until_empty) return 0;
-        if (flush(s, err, errlen) != 0) return -1;   /* don't hold rows while blocking */
+        if (flush_all(s, err, errlen) != 0) return -1;   /* don't hold rows while blocking */
         block = ms_to_deadline(s, s->o.block_ms);
         if (block <= 0 || stop_requested(s)) return 0;
     }
@@ -1067,7 +1210,7 @@ int drain_run(drain_session *s, const drain_request *req, drain_result *out, cha
         maybe_retention(s);
         if (reclaim_due(s)) {
             long long claimed = 0;
-            if (flush(s, err, errlen) != 0) { rc = -1; break; }
+            if (flush_all(s, err, errlen) != 0) { rc = -1; break; }
             if (streams_reclaim(s, &claimed, err, errlen) == 0) {
                 out->reclaimed += claimed;
                 s->last_reclaim = time_monotonic();
@@ -1084,9 +1227,9 @@ int drain_run(drain_session *s, const drain_request *req, drain_result *out, cha
         redis_rs.delay_ms = 0;
         out->iterations++;
         if (n == 0) break;
-        if (batch_full(s) && flush(s, err, errlen) != 0) { rc = -1; break; }
+        if (batch_full(s) && flush_overlapped(s, err, errlen) != 0) { rc = -1; break; }
     }
-    if (flush(s, err, errlen) != 0) rc = -1;
+    if (flush_all(s, err, errlen) != 0) rc = -1;
     batch_clear(s->batch);
     out->streams = (long long)s->n_streams;
     s->req = NULL;
@@ -1136,6 +1279,7 @@ drain_session *drain_session_new(const drain_options *o, char *err, size_t errle
     s->dlq.stream_pattern = s->o.stream_pattern;
     strcpy(s->scan_cursor, "0");
     s->batch = xcalloc(1, sizeof(*s->batch));
+    s->spare = xcalloc(1, sizeof(*s->spare));
     /* An earlier process under this consumer name (a restarted slot) may
      * have left an insert running: the first dedup check waits for it. */
     s->fence_since = time_monotonic();
@@ -1171,6 +1315,16 @@ drain_session *drain_session_new(const drain_options *o, char *err, size_t errle
     /* clickhouse_timeout bounds how long a frozen server (SIGSTOP, a hung
      * merge) can hold a batch before it counts as an outage. */
     ch_client_set_timeouts(s->ch, o->clickhouse_connect_ms, o->clickhouse_timeout_ms);
+    /* The overlapped insert's own connection (an embedded chdb:// server is
+     * one in-process session: no overlap there). */
+    if (strncasecmp(o->clickhouse_url, "chdb://", 7) != 0) {
+        s->ch_async = ch_client_new(o->clickhouse_url, &e);
+        if (!s->ch_async) {
+            snprintf(err, errlen, "drain: ClickHouse URL: %s", e.msg);
+            goto fail;
+        }
+        ch_client_set_timeouts(s->ch_async, o->clickhouse_connect_ms, o->clickhouse_timeout_ms);
+    }
     return s;
 fail:
     drain_session_free(s);
@@ -1182,14 +1336,21 @@ fail:
 void drain_session_free(drain_session *s)
 {
     if (!s) return;
+    if (s->inflight) {   /* a run always finishes its insert; this is the safety net */
+        pthread_join(s->insert_thread, NULL);
+        batch_free(s->inflight);
+    }
     if (s->o.leave_on_exit) streams_leave(s);
     batch_free(s->batch);
+    batch_free(s->spare);
     streams_free(s);
     if (s->redis) redisFree(s->redis);
     redis_url_free(&s->rurl);
     free(s->redis_redacted);
     ch_batch_free(s->chb);
+    ch_batch_free(s->chb_inflight);
     ch_client_free(s->ch);
+    ch_client_free(s->ch_async);
     free((char *)s->o.stream_pattern);
     free((char *)s->o.group);
     free((char *)s->o.consumer);

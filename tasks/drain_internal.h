@@ -6,6 +6,7 @@
 #define PTEL_DRAIN_INTERNAL_H
 
 #include <hiredis/hiredis.h>
+#include <pthread.h>
 
 #include "broker/url.h"
 #include "clickhouse/clickhouse.h"
@@ -64,6 +65,21 @@ struct drain_session {
     int have_table;
     ch_table table;
     ch_batch *chb;
+    /* The overlapped insert (drain.c launch_insert): a full batch's insert
+     * request runs on insert_thread over its own connection while this
+     * thread reads and validates the next batch. Only the first request
+     * of a batch is overlapped; retries, splits, dead-lettering and acks
+     * run here, after the join (finish_insert). */
+    ch_client *ch_async;          /* NULL: no overlap (chdb://) */
+    drain_batch *inflight;        /* the batch being inserted; NULL none */
+    drain_batch *spare;           /* an empty batch to swap in */
+    ch_batch *chb_inflight;       /* the in-flight batch's encoded rows */
+    pthread_t insert_thread;
+    char inflight_token[64];
+    double inflight_held_at;
+    int inflight_rc;              /* written by insert_thread, read after the join */
+    ch_error inflight_err;
+    double inflight_seconds;
     int ch_down;
     double ch_down_since;
     int64_t last_retention_us;
