@@ -253,6 +253,17 @@ void consumer_release_due(worker *w, int64_t now_us)
 
 /* ---- The loop ------------------------------------------------------------- */
 
+/* The broker answered a fetch: the end of an outage, if one was logged. */
+static void broker_answers(worker *w, int *outage_logged)
+{
+    if (*outage_logged) {
+        log_info("Broker connection restored; consuming again");
+        metrics_add("ptel_redis_reconnects_total", "role=\"broker\"", 1);
+        *outage_logged = 0;
+    }
+    atomic_store(&w->broker_ok, 1);
+}
+
 void *consumer_main(void *arg)
 {
     worker *w = arg;
@@ -281,12 +292,9 @@ void *consumer_main(void *arg)
                 if (reconnect_wait < 5 * USEC_PER_SEC) reconnect_wait *= 2;
                 continue;
             }
-            if (outage_logged) {
-                log_info("Broker connection restored; consuming again");
-                metrics_add("ptel_redis_reconnects_total", "role=\"broker\"", 1);
-            }
-            atomic_store(&w->broker_ok, 1);
-            outage_logged = 0;
+            /* "restored" is logged after the first fetch that works: a
+             * restarted Redis accepts connections while it still loads its
+             * dataset (LOADING), and that is the same outage. */
             reconnect_wait = 100 * 1000;
         }
 
@@ -310,11 +318,22 @@ void *consumer_main(void *arg)
         pthread_mutex_lock(&w->queues_lock);
         int rc = transport_fetch(ctx, &w->topts, &w->queues, room, &msgs, &n, err, sizeof err);
         pthread_mutex_unlock(&w->queues_lock);
+        if (rc != 0 && ctx->err == 0 && strstr(err, "LOADING") != NULL) {
+            /* Redis is up again but still loading its dataset. */
+            atomic_store(&w->broker_ok, 0);
+            if (!outage_logged) {
+                log_error("Broker is loading its dataset (%s); waiting", err);
+                outage_logged = 1;
+            }
+            sleep_us(100 * 1000);
+            continue;
+        }
         if (rc != 0 && ctx->err == 0) {
             /* The server answered with an error, e.g. a queue key holding a
              * non-list (the fetch script skips such keys and only errors
              * when nothing else was popped): the connection is fine, so
              * don't reconnect or spin; log once a minute, poll every second. */
+            broker_answers(w, &outage_logged);
             int64_t now = time_now_us();
             if (now >= cs.fetch_error_log_next_us) {
                 log_error("Fetching from the broker failed: %s; other queues are still consumed, "
@@ -333,6 +352,7 @@ void *consumer_main(void *arg)
             outage_logged = 1;
             continue;
         }
+        broker_answers(w, &outage_logged);
         if (n && crash_hook && strcmp(crash_hook, "1") == 0) {
             log_warning("PTEL_TEST_CRASH_AFTER_POP: exiting right after the pop (test hook)");
             _exit(137);
