@@ -1150,6 +1150,9 @@ drain_session *drain_session_new(const drain_options *o, char *err, size_t errle
     /* clickhouse_timeout bounds how long a frozen server (SIGSTOP, a hung
      * merge) can hold a batch before it counts as an outage. */
     ch_client_set_timeouts(s->ch, o->clickhouse_connect_ms, o->clickhouse_timeout_ms);
+    if (o->clickhouse_gzip_min_bytes != 0)
+        ch_client_set_gzip_threshold(s->ch, o->clickhouse_gzip_min_bytes < 0
+                                     ? 0 : (size_t)o->clickhouse_gzip_min_bytes);
     return s;
 fail:
     drain_session_free(s);

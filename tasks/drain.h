@@ -52,6 +52,8 @@ typedef struct drain_options {
     const char *clickhouse_format;   /* "RowBinary" / "JSONEachRow"; NULL: ch_format_default() */
     long clickhouse_connect_ms;      /* clickhouse_connect_timeout; <= 0: client default */
     long clickhouse_timeout_ms;      /* clickhouse_timeout (one request); <= 0: client default */
+    long clickhouse_gzip_min_bytes;  /* gzip insert bodies of at least this many bytes; 0: client
+                                        default (off for a loopback server); < 0: never */
     int read_count;
     int block_ms;
     int batch_max_rows;
