@@ -88,6 +88,7 @@ typedef struct batch_entry {
     int dlq_written;
     int acked;
     int lost;                  /* another consumer took it over: neither stored nor acked here */
+    uint64_t key_hash[2];      /* (stream, id) hashed once for dedup_token */
 } batch_entry;
 
 struct drain_batch {
@@ -160,6 +161,24 @@ static const char *entry_field(redisReply *fields, const char *name, size_t *len
     return v;
 }
 
+/* The (stream, entry id) part of dedup_token, once per entry: two 64-bit
+ * FNV-1a hashes (different offset bases), the NUL separating the parts. */
+static void entry_key_hash(batch_entry *be)
+{
+    uint64_t h1 = 0xcbf29ce484222325ULL, h2 = 0x84222325cbf29ce4ULL;
+    const uint64_t prime = 0x100000001b3ULL;
+    const char *parts[] = {be->stream, be->id};
+    for (int p = 0; p < 2; p++) {
+        for (const unsigned char *c = (const unsigned char *)parts[p];; c++) {
+            h1 = (h1 ^ *c) * prime;
+            h2 = (h2 ^ *c) * prime;
+            if (*c == 0) break;
+        }
+    }
+    be->key_hash[0] = h1;
+    be->key_hash[1] = h2;
+}
+
 /* Turn one read entry into a batch entry (validated, rows ready). */
 static void batch_add(drain_session *s, const drain_read_entry *re)
 {
@@ -180,6 +199,7 @@ static void batch_add(drain_session *s, const drain_read_entry *re)
     snprintf(be->id, sizeof be->id, "%s", re->id);
     be->deliveries = re->deliveries;
     be->check_dups = re->history || re->deliveries > 1 || re->stream->dedup_all;
+    entry_key_hash(be);
     size_t elen = 0, mlen = 0;
     /* Entries `dlq replay` wrote (dlq_cli.c marks them): a replay run again
      * after an interruption re-sends events that may already be stored. */
@@ -598,24 +618,29 @@ static int fence(drain_session *s, ch_error *e)
 
 /* ---- Insert with split ----------------------------------------------------------------------- */
 
+/* splitmix64's finaliser: every input bit reaches every output bit. */
+static uint64_t mix64(uint64_t x)
+{
+    x = (x ^ (x >> 30)) * 0xbf58476d1ce4e5b9ULL;
+    x = (x ^ (x >> 27)) * 0x94d049bb133111ebULL;
+    return x ^ (x >> 31);
+}
+
 /* Deterministic token for encoded rows [first, first+count): two 64-bit
- * FNV-1a hashes (different offset bases) over (stream, entry id, index). */
+ * lanes, each folding in every row's (stream, entry id) hash and event
+ * index in order. Per row this is a few multiplies on words; hashing the
+ * ~100 bytes of stream key and id per row byte by byte (the earlier form)
+ * was 5-8% of the drain's CPU (perf, issue #6). */
 static void dedup_token(const drain_session *s, size_t first, size_t count, char *out, size_t outlen)
 {
     uint64_t h1 = 0xcbf29ce484222325ULL, h2 = 0x84222325cbf29ce4ULL;
-    const uint64_t prime = 0x100000001b3ULL;
     for (size_t i = first; i < first + count; i++) {
         const batch_entry *be = &s->batch->e[s->batch->ref_entry[i]];
-        char idx[16];
-        snprintf(idx, sizeof idx, "%d", be->event_index[s->batch->ref_row[i]]);
-        const char *parts[] = {be->stream, be->id, idx};
-        for (int p = 0; p < 3; p++) {
-            for (const unsigned char *c = (const unsigned char *)parts[p];; c++) {
-                h1 = (h1 ^ *c) * prime;
-                h2 = (h2 ^ *c) * prime;
-                if (*c == 0) break;   /* the NUL separates the parts */
-            }
-        }
+        uint64_t idx = (uint64_t)(uint32_t)be->event_index[s->batch->ref_row[i]];
+        h1 = mix64(h1 ^ be->key_hash[0]) + idx;
+        h2 = mix64(h2 ^ be->key_hash[1]) ^ (idx << 32);
+        h1 = mix64(h1);
+        h2 = mix64(h2 + 0x9e3779b97f4a7c15ULL);
     }
     snprintf(out, outlen, "ptel-%016llx%016llx", (unsigned long long)h1, (unsigned long long)h2);
 }
