@@ -144,6 +144,10 @@ static void batch_free(drain_batch *b)
 static size_t row_bytes(const event_row *r)
 {
     size_t n = 64;   /* times, lengths, framing */
+    if (r->has_len)
+        return n + r->len.org_id_hash + r->len.event_id + r->len.name + r->len.schema_version +
+               r->len.session_id + r->len.anonymous_user_id + r->len.route_pattern +
+               r->len.payload_json + r->len.source;
     const char *s[] = {r->org_id_hash, r->event_id, r->name, r->schema_version, r->session_id,
                        r->anonymous_user_id, r->route_pattern, r->payload_json, r->source};
     for (size_t i = 0; i < sizeof s / sizeof *s; i++) n += s[i] ? strlen(s[i]) : 0;
