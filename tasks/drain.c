@@ -1164,6 +1164,7 @@ int drain_run(drain_session *s, const drain_request *req, drain_result *out, cha
     streams_reset_run(s);
     int rc = 0;
     retry_state redis_rs = {0, 0};
+    long reads = 0;     /* capped reads into the iteration under way (DRAIN_READ_ENTRIES_MAX) */
     err[0] = '\0';
     while (!stop_requested(s)) {
         if (!req->until_empty && req->max_iterations > 0 && out->iterations >= req->max_iterations)
@@ -1187,10 +1188,17 @@ int drain_run(drain_session *s, const drain_request *req, drain_result *out, cha
         }
         redis_rs.attempts = 0;
         redis_rs.delay_ms = 0;
-        out->iterations++;
+        /* A read capped below read_count per stream is part of an iteration:
+         * as many as it takes to read read_count entries per stream make one. */
+        long per = (s->o.read_count + s->read_count_used - 1) / s->read_count_used;
+        if (++reads >= per || n == 0) {
+            out->iterations++;
+            reads = 0;
+        }
         if (n == 0) break;
         if (batch_full(s) && flush(s, err, errlen) != 0) { rc = -1; break; }
     }
+    if (reads > 0) out->iterations++;   /* the part of an iteration done */
     if (flush(s, err, errlen) != 0) rc = -1;
     batch_clear(s->batch);
     out->streams = (long long)s->n_streams;

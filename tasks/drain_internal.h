@@ -71,6 +71,7 @@ struct drain_session {
     drain_stream *streams;
     size_t n_streams, cap_streams;
     char scan_cursor[32];
+    int read_count_used;          /* COUNT of the last XREADGROUP (streams_read) */
     double last_refresh;          /* monotonic; 0 = never */
     int streams_warned_limit;
     double last_reclaim;

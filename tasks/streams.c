@@ -291,10 +291,13 @@ int streams_read(drain_session *s, int block_ms, redisReply **reply, char *err, 
     *reply = NULL;
     size_t n = 0;
     for (size_t i = 0; i < s->n_streams; i++) n += s->streams[i].group_ready;
+    s->read_count_used = s->o.read_count;
     if (n == 0) return 0;
     const char **argv = xmalloc((9 + 2 * n) * sizeof(*argv));
     char count[16], block[16];
-    snprintf(count, sizeof count, "%d", s->o.read_count);
+    if ((size_t)s->read_count_used * n > DRAIN_READ_ENTRIES_MAX)
+        s->read_count_used = n < DRAIN_READ_ENTRIES_MAX ? (int)(DRAIN_READ_ENTRIES_MAX / n) : 1;
+    snprintf(count, sizeof count, "%d", s->read_count_used);
     snprintf(block, sizeof block, "%d", block_ms);
     int argc = 0;
     argv[argc++] = "XREADGROUP";
@@ -379,7 +382,7 @@ size_t streams_collect(drain_session *s, redisReply *reply, drain_read_entry **o
             d->deliveries = 1;
             if (st->read_history) snprintf(st->pending_cursor, DRAIN_ID_MAX, "%s", d->id);
         }
-        if (st->read_history && entries->elements < (size_t)s->o.read_count) st->pending_done = 1;
+        if (st->read_history && entries->elements < (size_t)s->read_count_used) st->pending_done = 1;
     }
     /* Streams read from history that sent nothing are omitted only when
      * empty arrays are; treat any history stream absent from the reply as done. */

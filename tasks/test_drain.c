@@ -346,6 +346,45 @@ START_TEST(test_drain_stores_valid_and_dead_letters_invalid_across_orgs)
 }
 END_TEST
 
+/* Across many streams one XREADGROUP is capped at DRAIN_READ_ENTRIES_MAX
+ * entries (a lower COUNT per stream); ceil(read_count / COUNT) such reads
+ * make one iteration, so max_iterations = 1 still reads read_count entries
+ * of a stream (rounded up to whole reads). */
+START_TEST(test_drain_capped_reads_keep_max_iterations_capacity)
+{
+    enum { STREAMS = 30, BIG = 120 };
+    int count = DRAIN_READ_ENTRIES_MAX / STREAMS;   /* 8 */
+    for (int i = 0; i < BIG; i++) {
+        char tag[16];
+        snprintf(tag, sizeof tag, "c%d", i);
+        xadd_valid("orgbig", tag, 1);
+    }
+    for (int i = 1; i < STREAMS; i++) {
+        char org[16];
+        snprintf(org, sizeof org, "org%02d", i);
+        xadd_valid(org, "c", 1);
+    }
+    drain_options o = options("node#1");
+    o.read_count = 100;
+    char err[512];
+    drain_session *s = drain_session_new(&o, err, sizeof err);
+    drain_request q = {0};
+    q.max_iterations = 1;
+    drain_result r;
+    ck_assert_msg(drain_run(s, &q, &r, err, sizeof err) == 0, "%s", err);
+    ck_assert_int_eq(r.iterations, 1);
+    long long big = r.entries - (STREAMS - 1);
+    ck_assert_int_eq(big, (100 + count - 1) / count * count);   /* 13 reads of 8: 104 */
+    ck_assert_int_eq(pending("orgbig"), 0);
+    q.max_iterations = 0;
+    q.until_empty = 1;
+    ck_assert_msg(drain_run(s, &q, &r, err, sizeof err) == 0, "%s", err);
+    ck_assert_int_eq(r.entries, BIG - big);
+    ck_assert_int_eq(ch_count(NULL), BIG + STREAMS - 1);
+    drain_session_free(s);
+}
+END_TEST
+
 START_TEST(test_drain_max_iterations_limits_reads)
 {
     for (int i = 0; i < 5; i++) {
@@ -922,6 +961,7 @@ int main(void)
     tcase_set_timeout(tc, 120);
     tcase_add_test(tc, test_drain_stores_valid_and_dead_letters_invalid_across_orgs);
     tcase_add_test(tc, test_drain_max_iterations_limits_reads);
+    tcase_add_test(tc, test_drain_capped_reads_keep_max_iterations_capacity);
     tcase_add_test(tc, test_drain_dead_letters_entry_past_max_deliveries);
     tcase_add_test(tc, test_drain_splits_batch_to_isolate_refused_row);
     tcase_add_test(tc, test_drain_transient_failure_keeps_entries_pending_then_stores_once);
