@@ -2,8 +2,9 @@
  *
  * Owns: URL parsing and redaction, the one libcurl easy handle per client
  * (kept alive between requests), auth headers, timeouts, gzip request
- * bodies, and turning every failure (curl error, HTTP status, ClickHouse
- * exception) into a ch_error with a transient/permanent verdict.
+ * bodies (above a threshold; off by default for a loopback host), and
+ * turning every failure (curl error, HTTP status, ClickHouse exception)
+ * into a ch_error with a transient/permanent verdict.
  * Does not own: SQL (schema.c) or row bodies (encode.c).
  *
  * Credentials travel only in the X-ClickHouse-User / X-ClickHouse-Key
