@@ -238,7 +238,7 @@ static void batch_add(drain_session *s, const drain_read_entry *re)
     /* Entries `dlq replay` wrote (dlq_cli.c marks them): a replay run again
      * after an interruption re-sends events that may already be stored. */
     if (entry_field(re->fields, "replayed_from", &mlen)) be->check_dups = 1;
-    entry_field(re->fields, "events", &elen);
+    entry_field(re->fields, "events", &elen);   /* its length: a poison entry's batch bytes */
     if (!re->fields) {
         be->trimmed = 1;
         return;
