@@ -49,6 +49,10 @@ void ch_scrub_secret(char *msg, size_t cap, const char *secret);
  * with one "db." prefix, at most CH_IDENT_MAX bytes. */
 int ch_ident_valid(const char *s);
 
+/* 1 when a URL's "host:port" (or "[v6]:port") names this machine:
+ * "localhost", 127.0.0.0/8 in dotted quad form, or [::1]. */
+int ch_host_is_loopback(const char *hostport);
+
 /* gzip (RFC 1952) of data into out (appended). 0, or -1 on a zlib failure. */
 int ch_gzip(const char *data, size_t len, buf *out);
 

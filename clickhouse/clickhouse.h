@@ -27,8 +27,11 @@
 
 /* ---- Limits and defaults ------------------------------------------------ */
 
-/* Bodies at least this large are sent with Content-Encoding: gzip. Below it
- * the deflate CPU costs more than the bytes it saves on a LAN. */
+/* Bodies at least this large are sent with Content-Encoding: gzip when the
+ * server is remote. Below it the deflate CPU costs more than the bytes it
+ * saves on a LAN. A loopback server (localhost, 127.0.0.0/8, [::1]) gets no
+ * gzip by default: there the bytes cost nothing and deflate was the largest
+ * CPU cost of the drain (~35% of its samples, BENCHMARKS.md, issue #6). */
 #define CH_GZIP_THRESHOLD_DEFAULT (64 * 1024)
 #define CH_CONNECT_TIMEOUT_MS_DEFAULT 5000L
 #define CH_TOTAL_TIMEOUT_MS_DEFAULT   60000L
@@ -94,8 +97,10 @@ const char *ch_client_redacted_url(const ch_client *c);
 const char *ch_client_database(const ch_client *c);
 /* Milliseconds; <= 0 keeps the current value. */
 void ch_client_set_timeouts(ch_client *c, long connect_ms, long total_ms);
-/* Bodies of at least `bytes` are gzipped; 0 disables compression. */
+/* Bodies of at least `bytes` are gzipped; 0 disables compression. The
+ * default is CH_GZIP_THRESHOLD_DEFAULT, or 0 for a loopback host. */
 void ch_client_set_gzip_threshold(ch_client *c, size_t bytes);
+size_t ch_client_gzip_threshold(const ch_client *c);
 /* Send the NEXT request (only that one: ch_query, ch_insert, ...) with
  * ?query_id=<query_id>; NULL or "" sends none. The server lists a running
  * query under this id in system.processes and refuses a second query with an

@@ -2,8 +2,9 @@
  *
  * Owns: URL parsing and redaction, the one libcurl easy handle per client
  * (kept alive between requests), auth headers, timeouts, gzip request
- * bodies, and turning every failure (curl error, HTTP status, ClickHouse
- * exception) into a ch_error with a transient/permanent verdict.
+ * bodies (above a threshold; off by default for a loopback host), and
+ * turning every failure (curl error, HTTP status, ClickHouse exception)
+ * into a ch_error with a transient/permanent verdict.
  * Does not own: SQL (schema.c) or row bodies (encode.c).
  *
  * Credentials travel only in the X-ClickHouse-User / X-ClickHouse-Key
@@ -245,6 +246,31 @@ int ch_gzip(const char *data, size_t len, buf *out)
 }
 
 /* ---- URL parsing ---------------------------------------------------------------- */
+
+/* Only literal forms: a name that resolves to 127.0.0.1 through DNS or
+ * /etc/hosts (other than "localhost") is treated as remote, which merely
+ * keeps gzip on. */
+int ch_host_is_loopback(const char *hostport)
+{
+    if (hostport == NULL) return 0;
+    size_t n = strcspn(hostport, "]");
+    if (hostport[0] == '[') return n == 4 && memcmp(hostport, "[::1", 4) == 0 && hostport[4] == ']';
+    n = strcspn(hostport, ":");
+    if (n == 9 && strncasecmp(hostport, "localhost", 9) == 0) return 1;
+    if (n < 7 || strncmp(hostport, "127.", 4) != 0) return 0;
+    int dots = 0, digits = 0;
+    for (size_t i = 0; i < n; i++) {
+        if (hostport[i] == '.') {
+            if (digits == 0 || digits > 3) return 0;
+            dots++, digits = 0;
+        } else if (isdigit((unsigned char)hostport[i])) {
+            digits++;
+        } else {
+            return 0;
+        }
+    }
+    return dots == 3 && digits > 0 && digits <= 3;
+}
 
 static pthread_once_t curl_once = PTHREAD_ONCE_INIT;
 static void curl_global_setup(void) { curl_global_init(CURL_GLOBAL_DEFAULT); }
@@ -547,7 +573,7 @@ ch_client *ch_client_new(const char *url, ch_error *err)
     c->redacted = redact(&p);
     c->connect_ms = CH_CONNECT_TIMEOUT_MS_DEFAULT;
     c->total_ms = CH_TOTAL_TIMEOUT_MS_DEFAULT;
-    c->gzip_threshold = CH_GZIP_THRESHOLD_DEFAULT;
+    c->gzip_threshold = ch_host_is_loopback(p.hostport) ? 0 : CH_GZIP_THRESHOLD_DEFAULT;
     c->version_major = c->version_minor = -1;
     buf_init(&c->url);
     buf_init(&c->gz);
@@ -588,6 +614,7 @@ void ch_client_set_timeouts(ch_client *c, long connect_ms, long total_ms)
 }
 
 void ch_client_set_gzip_threshold(ch_client *c, size_t bytes) { c->gzip_threshold = bytes; }
+size_t ch_client_gzip_threshold(const ch_client *c) { return c->gzip_threshold; }
 
 void ch_client_stats_get(const ch_client *c, ch_client_stats *out) { *out = c->stats; }
 

@@ -281,6 +281,49 @@ START_TEST(test_gzip_of_empty_body)
 }
 END_TEST
 
+START_TEST(test_loopback_hosts)
+{
+    ck_assert_int_eq(ch_host_is_loopback("127.0.0.1:8123"), 1);
+    ck_assert_int_eq(ch_host_is_loopback("127.1.2.254:18600"), 1);
+    ck_assert_int_eq(ch_host_is_loopback("localhost:8123"), 1);
+    ck_assert_int_eq(ch_host_is_loopback("LocalHost:8123"), 1);
+    ck_assert_int_eq(ch_host_is_loopback("[::1]:8123"), 1);
+    ck_assert_int_eq(ch_host_is_loopback("127.0.0.1"), 1);
+    ck_assert_int_eq(ch_host_is_loopback("128.0.0.1:8123"), 0);
+    ck_assert_int_eq(ch_host_is_loopback("127.0.0:8123"), 0);
+    ck_assert_int_eq(ch_host_is_loopback("127.0.0.1.example.org:8123"), 0);
+    ck_assert_int_eq(ch_host_is_loopback("127.0.0.1234:8123"), 0);
+    ck_assert_int_eq(ch_host_is_loopback("localhost.example.org:8123"), 0);
+    ck_assert_int_eq(ch_host_is_loopback("[::12]:8123"), 0);
+    ck_assert_int_eq(ch_host_is_loopback("[::1:2]:8123"), 0);
+    ck_assert_int_eq(ch_host_is_loopback("clickhouse:8123"), 0);
+    ck_assert_int_eq(ch_host_is_loopback(""), 0);
+    ck_assert_int_eq(ch_host_is_loopback(NULL), 0);
+}
+END_TEST
+
+/* Deflate buys nothing on loopback (and was the drain's largest CPU cost):
+ * off there unless asked for; on above 64 KiB for any other host. */
+START_TEST(test_gzip_default_depends_on_host)
+{
+    ch_error err;
+    const char *local[] = {"http://127.0.0.1:18600/db", "http://localhost:8123",
+                           "http://u:p@[::1]:8123/"};
+    for (size_t i = 0; i < sizeof local / sizeof *local; i++) {
+        ch_client *c = ch_client_new(local[i], &err);
+        ck_assert_ptr_nonnull(c);
+        ck_assert_uint_eq(ch_client_gzip_threshold(c), 0);
+        ch_client_set_gzip_threshold(c, 1000);
+        ck_assert_uint_eq(ch_client_gzip_threshold(c), 1000);
+        ch_client_free(c);
+    }
+    ch_client *c = ch_client_new("https://clickhouse.example.org/telemetry", &err);
+    ck_assert_ptr_nonnull(c);
+    ck_assert_uint_eq(ch_client_gzip_threshold(c), CH_GZIP_THRESHOLD_DEFAULT);
+    ch_client_free(c);
+}
+END_TEST
+
 START_TEST(test_identifiers)
 {
     ck_assert_int_eq(ch_ident_valid("product_telemetry_events"), 1);
@@ -342,6 +385,8 @@ static Suite *errors_suite(void)
     tcase_add_test(tc, test_scrub_secret_masks_every_occurrence);
     tcase_add_test(tc, test_gzip_round_trips_with_gzip_header);
     tcase_add_test(tc, test_gzip_of_empty_body);
+    tcase_add_test(tc, test_loopback_hosts);
+    tcase_add_test(tc, test_gzip_default_depends_on_host);
     tcase_add_test(tc, test_identifiers);
     tcase_add_test(tc, test_insert_refuses_bad_table_and_range_without_io);
     suite_add_tcase(s, tc);

@@ -1,6 +1,7 @@
-/* dlq/dlq.c: writing one dead-letter record (CONTRACT §5) and the stream-key
- * glob shared by the drain and the replay tool. The record layout is
- * documented in dlq.h; the operator tools are in dlq_cli.c. */
+/* dlq/dlq.c: writing dead-letter records (CONTRACT §5), one at a time or
+ * pipelined, and the stream-key glob shared by the drain and the replay
+ * tool. The record layout is documented in dlq.h; the operator tools are in
+ * dlq_cli.c. */
 #include "dlq/dlq.h"
 
 #include <stdio.h>
@@ -35,7 +36,7 @@ const char *dlq_pattern(const dlq_options *o)
 
 static const char *or_empty(const char *s) { return s ? s : ""; }
 
-int dlq_write(redisContext *c, const dlq_options *o, const dlq_record *r, char *err, size_t errlen)
+int dlq_append(redisContext *c, const dlq_options *o, const dlq_record *r, char *err, size_t errlen)
 {
     char maxlen[32], index[32], deliveries[32];
     buf moved = BUF_INIT;
@@ -67,9 +68,17 @@ int dlq_write(redisContext *c, const dlq_options *o, const dlq_record *r, char *
     for (int i = 0; i < DLQ_ARGC; i++) lens[i] = strlen(argv[i]);
     lens[DLQ_EVENTS_ARG] = events_len;   /* may hold more than its C string view */
 
-    redisReply *reply = redisCommandArgv(c, DLQ_ARGC, argv, lens);
+    int rc = redisAppendCommandArgv(c, DLQ_ARGC, argv, lens) == REDIS_OK ? 0 : -1;
     buf_free(&moved);
-    if (reply == NULL) {
+    if (rc != 0)
+        snprintf(err, errlen, "XADD %s failed: %s", dlq_key(o), c->errstr[0] ? c->errstr : "out of memory");
+    return rc;
+}
+
+int dlq_read_reply(redisContext *c, const dlq_options *o, char *err, size_t errlen)
+{
+    redisReply *reply = NULL;
+    if (redisGetReply(c, (void **)&reply) != REDIS_OK || reply == NULL) {
         snprintf(err, errlen, "XADD %s failed: %s", dlq_key(o), c->errstr[0] ? c->errstr : "no reply");
         return -1;
     }
@@ -80,6 +89,12 @@ int dlq_write(redisContext *c, const dlq_options *o, const dlq_record *r, char *
     }
     freeReplyObject(reply);
     return rc;
+}
+
+int dlq_write(redisContext *c, const dlq_options *o, const dlq_record *r, char *err, size_t errlen)
+{
+    if (dlq_append(c, o, r, err, errlen) != 0) return -1;
+    return dlq_read_reply(c, o, err, errlen);
 }
 
 /* ---- Glob ------------------------------------------------------------------------ */

@@ -1,7 +1,7 @@
 /* dlq/dlq.h: the dead-letter stream (CONTRACT §5) and its operator tools.
  *
- * Owns the shape of one DLQ record and the one function that writes it
- * (dlq_write), the stream-key glob the drain and the replay tool both use to
+ * Owns the shape of one DLQ record and the functions that write it
+ * (dlq_write, or dlq_append + dlq_read_reply pipelined), the stream-key glob the drain and the replay tool both use to
  * stay inside the telemetry streams (dlq_key_matches), and the `dlq` CLI
  * (dlq_cli.c: list, show, replay, purge). It does not decide what is
  * dead-lettered: the drain (tasks/drain.c) does.
@@ -65,6 +65,13 @@ typedef struct dlq_record {
  * reason in err (a Redis error reply, or the connection's error: the caller
  * decides whether to reconnect, c->err tells it). */
 int dlq_write(redisContext *c, const dlq_options *o, const dlq_record *r, char *err, size_t errlen);
+
+/* The same XADD pipelined: dlq_append queues it in c's output buffer (sent
+ * by the next read), dlq_read_reply reads the reply of the oldest one still
+ * unanswered; replies come in append order. Each 0, or -1 with err filled
+ * (c->err set: the connection is broken and no further reply will come). */
+int dlq_append(redisContext *c, const dlq_options *o, const dlq_record *r, char *err, size_t errlen);
+int dlq_read_reply(redisContext *c, const dlq_options *o, char *err, size_t errlen);
 
 /* Redis' glob (KEYS/SCAN MATCH): * ? [abc] [^a-z] and \ escapes. 1 on match. */
 int dlq_key_matches(const char *pattern, const char *key);

@@ -188,6 +188,42 @@ START_TEST(test_write_uses_events_len_not_strlen)
 }
 END_TEST
 
+/* dlq_append queues without a round trip; the replies come back in append
+ * order, and a refused record does not stop the ones after it. */
+START_TEST(test_pipelined_replies_in_order_and_refusal_reported)
+{
+    char err[256];
+    dlq_record r = {.original_stream = stream, .entry_id = "1-0", .reason = "first",
+                    .events = "[1]", .event_index = 0};
+    ck_assert_int_eq(dlq_append(rc, &opts, &r, err, sizeof err), 0);
+    ck_assert_int_eq(dlq_read_reply(rc, &opts, err, sizeof err), 0);
+    /* Queue three: the second goes to a key of the wrong type. */
+    char bad_key[160];
+    snprintf(bad_key, sizeof bad_key, "%s-not-a-stream", dlq_name);
+    dlq_options bad = opts;
+    bad.dlq_key = bad_key;
+    freeReplyObject(cmd("SET %s x", bad_key));
+    const char *reasons[] = {"second", "refused", "third"};
+    for (int i = 0; i < 3; i++) {
+        r.reason = reasons[i];
+        ck_assert_int_eq(dlq_append(rc, i == 1 ? &bad : &opts, &r, err, sizeof err), 0);
+    }
+    ck_assert_int_eq(dlq_read_reply(rc, &opts, err, sizeof err), 0);
+    err[0] = '\0';
+    ck_assert_int_eq(dlq_read_reply(rc, &bad, err, sizeof err), -1);
+    ck_assert_msg(strstr(err, "WRONGTYPE") != NULL, "%s", err);
+    ck_assert_int_eq(rc->err, 0);   /* a refusal, not a broken connection */
+    ck_assert_int_eq(dlq_read_reply(rc, &opts, err, sizeof err), 0);
+    redisReply *x = cmd("XRANGE %s - +", dlq_name);
+    ck_assert_uint_eq(x->elements, 3);
+    ck_assert_str_eq(x->element[0]->element[1]->element[5]->str, "first");
+    ck_assert_str_eq(x->element[1]->element[1]->element[5]->str, "second");
+    ck_assert_str_eq(x->element[2]->element[1]->element[5]->str, "third");
+    freeReplyObject(x);
+    freeReplyObject(cmd("DEL %s", bad_key));
+}
+END_TEST
+
 START_TEST(test_write_to_key_of_wrong_type_fails_with_reason)
 {
     freeReplyObject(cmd("SET %s x", dlq_name));
@@ -403,6 +439,7 @@ int main(void)
     tcase_add_test(tc, test_write_record_has_contract_fields_in_order);
     tcase_add_test(tc, test_write_whole_entry_has_empty_event_index_and_now_moved_at);
     tcase_add_test(tc, test_write_uses_events_len_not_strlen);
+    tcase_add_test(tc, test_pipelined_replies_in_order_and_refusal_reported);
     tcase_add_test(tc, test_write_to_key_of_wrong_type_fails_with_reason);
     tcase_add_test(tc, test_cli_list_filters_by_reason_stream_and_limit);
     tcase_add_test(tc, test_cli_list_json_is_an_array_of_records);

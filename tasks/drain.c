@@ -81,7 +81,8 @@ typedef struct batch_entry {
     char *poison;              /* non-NULL: dead-letter whole as max_deliveries, no insert */
     int trimmed;               /* the entry was gone when read: nothing to store */
     telemetry_entry t;
-    char *events;              /* the entry's `events` field, for DLQ records */
+    char *events;              /* the entry's `events` field, for DLQ records: taken over
+                                  from the read reply (take_events), freed with free_events */
     size_t events_len;
     int *event_index;          /* per row: its index in the entry's events */
     unsigned char *state;      /* per row: ROW_* */
@@ -89,6 +90,7 @@ typedef struct batch_entry {
     int dlq_written;
     int acked;
     int lost;                  /* another consumer took it over: neither stored nor acked here */
+    uint64_t key_hash[2];      /* (stream, id) hashed once for dedup_token */
 } batch_entry;
 
 struct drain_batch {
@@ -100,13 +102,25 @@ struct drain_batch {
     size_t nref, capref;
 };
 
+/* An entry keeps its `events` string for DLQ records. Copying it out of
+ * every read reply was ~3% of the drain's CPU plus the page faults of the
+ * copies (perf, issue #6); holding whole replies instead would keep up to
+ * read_count entries per stream alive per batch (+13 MB peak RSS in the
+ * bench). So the string is taken over from the reply: hiredis allocated it
+ * and freeReplyObject skips a NULL str. Freed as hiredis frees it. */
+#if HIREDIS_MAJOR >= 1
+#define free_events(p) hi_free(p)
+#else
+#define free_events(p) free(p)   /* hiredis 0.14: freeReplyObject uses free() */
+#endif
+
 static void entry_clear(batch_entry *be)
 {
     for (size_t r = 0; r < be->t.n_rows; r++) free(be->fail_reason[r]);
     telemetry_entry_free(&be->t);
     free(be->stream);
     free(be->poison);
-    free(be->events);
+    free_events(be->events);
     free(be->event_index);
     free(be->state);
     free(be->fail_reason);
@@ -131,6 +145,10 @@ static void batch_free(drain_batch *b)
 static size_t row_bytes(const event_row *r)
 {
     size_t n = 64;   /* times, lengths, framing */
+    if (r->has_len)
+        return n + r->len.org_id_hash + r->len.event_id + r->len.name + r->len.schema_version +
+               r->len.session_id + r->len.anonymous_user_id + r->len.route_pattern +
+               r->len.payload_json + r->len.source;
     const char *s[] = {r->org_id_hash, r->event_id, r->name, r->schema_version, r->session_id,
                        r->anonymous_user_id, r->route_pattern, r->payload_json, r->source};
     for (size_t i = 0; i < sizeof s / sizeof *s; i++) n += s[i] ? strlen(s[i]) : 0;
@@ -149,16 +167,51 @@ static void assign_event_indexes(batch_entry *be)
     }
 }
 
-static const char *entry_field(redisReply *fields, const char *name, size_t *len)
+static redisReply *entry_value(redisReply *fields, const char *name)
 {
-    const char *v = NULL;
+    redisReply *v = NULL;
     for (size_t i = 0; fields && i + 1 < fields->elements; i += 2)   /* last one wins */
         if (fields->element[i]->type == REDIS_REPLY_STRING && strcmp(fields->element[i]->str, name) == 0 &&
-            fields->element[i + 1]->type == REDIS_REPLY_STRING) {
-            v = fields->element[i + 1]->str;
-            *len = fields->element[i + 1]->len;
-        }
+            fields->element[i + 1]->type == REDIS_REPLY_STRING)
+            v = fields->element[i + 1];
     return v;
+}
+
+static const char *entry_field(redisReply *fields, const char *name, size_t *len)
+{
+    redisReply *v = entry_value(fields, name);
+    if (v) *len = v->len;
+    return v ? v->str : NULL;
+}
+
+/* The entry's `events` value becomes the batch entry's (see free_events);
+ * called once nothing reads it through the reply any more. */
+static void take_events(batch_entry *be, const drain_read_entry *re)
+{
+    redisReply *v = entry_value(re->fields, "events");
+    if (v == NULL || v->str == NULL) return;
+    be->events = v->str;
+    be->events_len = v->len;
+    v->str = NULL;
+    v->len = 0;
+}
+
+/* The (stream, entry id) part of dedup_token, once per entry: two 64-bit
+ * FNV-1a hashes (different offset bases), the NUL separating the parts. */
+static void entry_key_hash(batch_entry *be)
+{
+    uint64_t h1 = 0xcbf29ce484222325ULL, h2 = 0x84222325cbf29ce4ULL;
+    const uint64_t prime = 0x100000001b3ULL;
+    const char *parts[] = {be->stream, be->id};
+    for (int p = 0; p < 2; p++) {
+        for (const unsigned char *c = (const unsigned char *)parts[p];; c++) {
+            h1 = (h1 ^ *c) * prime;
+            h2 = (h2 ^ *c) * prime;
+            if (*c == 0) break;
+        }
+    }
+    be->key_hash[0] = h1;
+    be->key_hash[1] = h2;
 }
 
 /* Turn one read entry into a batch entry (validated, rows ready). read_at:
@@ -190,15 +243,12 @@ static void batch_add(drain_session *s, const drain_read_entry *re, double read_
     snprintf(be->id, sizeof be->id, "%s", re->id);
     be->deliveries = re->deliveries;
     be->check_dups = re->history || re->deliveries > 1 || re->stream->dedup_all;
+    entry_key_hash(be);
     size_t elen = 0, mlen = 0;
     /* Entries `dlq replay` wrote (dlq_cli.c marks them): a replay run again
      * after an interruption re-sends events that may already be stored. */
     if (entry_field(re->fields, "replayed_from", &mlen)) be->check_dups = 1;
-    const char *ev = entry_field(re->fields, "events", &elen);
-    if (ev) {
-        be->events = xstrndup(ev, elen);
-        be->events_len = elen;
-    }
+    entry_field(re->fields, "events", &elen);   /* its length: a poison entry's batch bytes */
     if (!re->fields) {
         be->trimmed = 1;
         return;
@@ -214,6 +264,7 @@ static void batch_add(drain_session *s, const drain_read_entry *re, double read_
         if ((v = entry_field(re->fields, "source", &len))) be->t.source = xstrndup(v, len);
         if ((v = entry_field(re->fields, "org_id_hash", &len))) be->t.org_id_hash = xstrndup(v, len);
         b->bytes += elen;
+        take_events(be, re);
         return;
     }
     size_t nf = re->fields->elements / 2;
@@ -227,6 +278,7 @@ static void batch_add(drain_session *s, const drain_read_entry *re, double read_
     }
     telemetry_parse_entry(f, nf, &be->t);
     free(f);
+    take_events(be, re);
     size_t nr = be->t.n_rows;
     be->event_index = xcalloc(nr ? nr : 1, sizeof(int));
     be->state = xcalloc(nr ? nr : 1, 1);
@@ -615,26 +667,29 @@ static int fence(drain_session *s, ch_error *e)
 
 /* ---- Insert with split ----------------------------------------------------------------------- */
 
+/* splitmix64's finaliser: every input bit reaches every output bit. */
+static uint64_t mix64(uint64_t x)
+{
+    x = (x ^ (x >> 30)) * 0xbf58476d1ce4e5b9ULL;
+    x = (x ^ (x >> 27)) * 0x94d049bb133111ebULL;
+    return x ^ (x >> 31);
+}
+
 /* Deterministic token for encoded rows [first, first+count): two 64-bit
- * FNV-1a hashes (different offset bases) over (stream, entry id, index). */
+ * lanes, each folding in every row's (stream, entry id) hash and event
+ * index in order. Per row this is a few multiplies on words; hashing the
+ * ~100 bytes of stream key and id per row byte by byte (the earlier form)
+ * was 5-8% of the drain's CPU (perf, issue #6). */
 static void dedup_token(const drain_session *s, size_t first, size_t count, char *out, size_t outlen)
 {
     uint64_t h1 = 0xcbf29ce484222325ULL, h2 = 0x84222325cbf29ce4ULL;
-    const uint64_t prime = 0x100000001b3ULL;
     for (size_t i = first; i < first + count; i++) {
         const batch_entry *be = &s->batch->e[s->batch->ref_entry[i]];
-        char idx[16], *d = idx + sizeof idx;   /* the index in decimal, as "%d" prints it */
-        unsigned v = (unsigned)be->event_index[s->batch->ref_row[i]];
-        *--d = '\0';
-        do *--d = (char)('0' + v % 10); while ((v /= 10) != 0);
-        const char *parts[] = {be->stream, be->id, d};
-        for (int p = 0; p < 3; p++) {
-            for (const unsigned char *c = (const unsigned char *)parts[p];; c++) {
-                h1 = (h1 ^ *c) * prime;
-                h2 = (h2 ^ *c) * prime;
-                if (*c == 0) break;   /* the NUL separates the parts */
-            }
-        }
+        uint64_t idx = (uint64_t)(uint32_t)be->event_index[s->batch->ref_row[i]];
+        h1 = mix64(h1 ^ be->key_hash[0]) + idx;
+        h2 = mix64(h2 ^ be->key_hash[1]) ^ (idx << 32);
+        h1 = mix64(h1);
+        h2 = mix64(h2 + 0x9e3779b97f4a7c15ULL);
     }
     snprintf(out, outlen, "ptel-%016llx%016llx", (unsigned long long)h1, (unsigned long long)h2);
 }
@@ -794,10 +849,11 @@ static int store_rows(drain_session *s, ch_error *e, char *err, size_t errlen)
 
 /* ---- Dead-letter and ack ---------------------------------------------------------------------- */
 
-static int write_dlq(drain_session *s, const batch_entry *be, const char *reason, const char *cls,
+/* Queue one DLQ record on the Redis connection (sent with the batch's
+ * others when the replies are read: dlq_replies). */
+static int queue_dlq(drain_session *s, const batch_entry *be, const char *reason, const char *cls,
                      int index, const char *events, size_t events_len, char *err, size_t errlen)
 {
-    if (streams_redis_ready(s, err, errlen) != 0) return -1;
     dlq_record rec = {
         .original_stream = be->stream, .entry_id = be->id, .reason = reason,
         .ingestion_id = be->t.ingestion_id, .source = be->t.source,
@@ -805,14 +861,7 @@ static int write_dlq(drain_session *s, const batch_entry *be, const char *reason
         .events_len = events ? events_len : 0, .event_index = index, .error_class = cls,
         .deliveries = be->deliveries, .worker = s->o.hostname,
     };
-    if (dlq_write(s->redis, &s->dlq, &rec, err, errlen) != 0) {
-        if (s->redis->err) streams_redis_lost(s, "XADD to the DLQ");
-        else log_error("DLQ %s: %s; entry %s of %s stays pending", s->dlq.dlq_key, err, be->id,
-                       be->stream);
-        return -1;
-    }
-    s->res->dead_lettered++;
-    return 0;
+    return dlq_append(s->redis, &s->dlq, &rec, err, errlen);
 }
 
 /* The event at `index` of the entry's events array, as a one-item array. */
@@ -828,50 +877,134 @@ static char *one_event_array(const batch_entry *be, int index)
     return buf_detach(&out);
 }
 
-static int dead_letter_entry(drain_session *s, batch_entry *be, char *err, size_t errlen)
+/* Queue every DLQ record the entry needs: the whole entry (poison), else one
+ * per rejection and one per row ClickHouse refused. The number queued, or
+ * -1 (err filled) when hiredis could not queue one. */
+static long queue_entry_records(drain_session *s, batch_entry *be, char *err, size_t errlen)
 {
-    if (be->dlq_written) return 0;
-    if (be->poison) {
-        if (write_dlq(s, be, be->poison, DLQ_CLASS_MAX_DELIVERIES, -1, be->events, be->events_len,
-                      err, errlen) != 0) return -1;
-        log_warning("stream %s entry %s: delivered %ld times (limit %d): moved to %s whole, not "
-                    "inserted", be->stream, be->id, be->deliveries, s->o.max_deliveries, s->dlq.dlq_key);
-        be->dlq_written = 1;
-        return 0;
-    }
-    size_t bad = 0;
+    if (be->poison)
+        return queue_dlq(s, be, be->poison, DLQ_CLASS_MAX_DELIVERIES, -1, be->events,
+                         be->events_len, err, errlen) == 0 ? 1 : -1;
+    long queued = 0;
     for (size_t j = 0; j < be->t.n_rejections; j++) {
         const telemetry_rejection *rj = &be->t.rejections[j];
         int rc;
         if (rj->event_index < 0) {
             const char *raw = be->t.events_raw ? be->t.events_raw : be->events;
-            rc = write_dlq(s, be, rj->reason, rj->error_class, -1, raw, raw ? strlen(raw) : 0,
+            rc = queue_dlq(s, be, rj->reason, rj->error_class, -1, raw, raw ? strlen(raw) : 0,
                            err, errlen);
         } else {
             buf one = BUF_INIT;
             buf_printf(&one, "[%s]", rj->event_json ? rj->event_json : "null");
-            rc = write_dlq(s, be, rj->reason, rj->error_class, rj->event_index, one.data, one.len,
+            rc = queue_dlq(s, be, rj->reason, rj->error_class, rj->event_index, one.data, one.len,
                            err, errlen);
             buf_free(&one);
         }
         if (rc != 0) return -1;
-        bad++;
+        queued++;
     }
     for (size_t r = 0; r < be->t.n_rows; r++) {
         if (be->state[r] != ROW_FAILED) continue;
         char *one = one_event_array(be, be->event_index[r]);
-        int rc = write_dlq(s, be, be->fail_reason[r], DLQ_CLASS_PERSISTENCE, be->event_index[r],
+        int rc = queue_dlq(s, be, be->fail_reason[r], DLQ_CLASS_PERSISTENCE, be->event_index[r],
                            one, strlen(one), err, errlen);
         free(one);
         if (rc != 0) return -1;
-        bad++;
+        queued++;
     }
-    if (be->t.n_rejections)
+    return queued;
+}
+
+static int entry_needs_dlq(const batch_entry *be)
+{
+    if (be->poison || be->t.n_rejections) return 1;
+    for (size_t r = 0; r < be->t.n_rows; r++)
+        if (be->state[r] == ROW_FAILED) return 1;
+    return 0;
+}
+
+/* Read the replies of an entry's n queued records. 0 when all were stored;
+ * -1 when Redis refused one (the others are still read, keeping the
+ * pipeline in step); -2 when the connection broke (no more replies come). */
+static int dlq_replies(drain_session *s, const batch_entry *be, long n, char *err, size_t errlen)
+{
+    int rc = 0;
+    for (long k = 0; k < n; k++) {
+        char why[512];
+        if (dlq_read_reply(s->redis, &s->dlq, why, sizeof why) == 0) {
+            s->res->dead_lettered++;
+            continue;
+        }
+        if (s->redis->err) {
+            snprintf(err, errlen, "%s", why);
+            streams_redis_lost(s, "XADD to the DLQ");
+            return -2;
+        }
+        if (rc == 0) {
+            snprintf(err, errlen, "%s", why);
+            log_error("DLQ %s: %s; entry %s of %s stays pending", s->dlq.dlq_key, why, be->id,
+                      be->stream);
+        }
+        rc = -1;
+    }
+    return rc;
+}
+
+/* Every DLQ record of the entry is stored: say so, count it. */
+static void entry_dead_lettered(drain_session *s, batch_entry *be)
+{
+    if (be->poison)
+        log_warning("stream %s entry %s: delivered %ld times (limit %d): moved to %s whole, not "
+                    "inserted", be->stream, be->id, be->deliveries, s->o.max_deliveries, s->dlq.dlq_key);
+    else if (be->t.n_rejections)
         log_warning("stream %s entry %s: %zu event(s) failed validation (first: %.200s); moved to %s",
                     be->stream, be->id, be->t.n_rejections, be->t.rejections[0].reason, s->dlq.dlq_key);
-    s->res->rejected += (long long)be->t.n_rejections;
+    if (!be->poison) s->res->rejected += (long long)be->t.n_rejections;
     be->dlq_written = 1;
-    return 0;
+}
+
+/* The DLQ records of every entry not yet dead-lettered, pipelined: all
+ * XADDs are queued, then their replies read in order, one round trip per
+ * batch instead of one per record (the per-record round trips were ~9% of
+ * the drain's CPU at 1% invalid events, issue #6). An entry counts as
+ * dead-lettered only when all its records were stored. -1 (err filled)
+ * when any failed: nothing may be acked yet. */
+static int dead_letter_batch(drain_session *s, char *err, size_t errlen)
+{
+    drain_batch *b = s->batch;
+    long *queued = xcalloc(b->n ? b->n : 1, sizeof(*queued));
+    int rc = 0;
+    for (size_t i = 0; i < b->n && rc == 0; i++) {
+        batch_entry *be = &b->e[i];
+        if (be->acked || be->dlq_written) continue;
+        if (be->trimmed) {
+            log_warning("stream %s entry %s was deleted (trimmed by MAXLEN?) before it was stored: "
+                        "its events are lost upstream; acking it", be->stream, be->id);
+            be->dlq_written = 1;
+            continue;
+        }
+        if (!entry_needs_dlq(be)) continue;
+        if (streams_redis_ready(s, err, errlen) != 0) rc = -1;
+        else if ((queued[i] = queue_entry_records(s, be, err, errlen)) < 0) {
+            /* Part of the entry's records may be queued: drop the
+             * connection rather than leave unread replies on it. */
+            streams_redis_lost(s, "queueing an XADD to the DLQ");
+            rc = -1;
+        }
+    }
+    /* The replies, in queueing order (entries without records are done
+     * at once). Nothing was queued when rc is already -1. */
+    int refused = 0;
+    for (size_t i = 0; i < b->n && rc == 0; i++) {
+        batch_entry *be = &b->e[i];
+        if (be->acked || be->dlq_written) continue;
+        int r = queued[i] ? dlq_replies(s, be, queued[i], err, errlen) : 0;
+        if (r == 0) entry_dead_lettered(s, be);
+        else if (r == -1) refused = 1;   /* read on: the others may be stored */
+        else rc = -1;                    /* the connection is gone */
+    }
+    free(queued);
+    return rc == 0 && refused ? -1 : rc;
 }
 
 static void entry_done(drain_session *s, batch_entry *be)
@@ -885,16 +1018,7 @@ static void entry_done(drain_session *s, batch_entry *be)
 static int dead_letter_and_ack(drain_session *s, char *err, size_t errlen)
 {
     drain_batch *b = s->batch;
-    for (size_t i = 0; i < b->n; i++) {
-        batch_entry *be = &b->e[i];
-        if (be->acked) continue;
-        if (be->trimmed && !be->dlq_written) {
-            log_warning("stream %s entry %s was deleted (trimmed by MAXLEN?) before it was stored: "
-                        "its events are lost upstream; acking it", be->stream, be->id);
-            be->dlq_written = 1;
-        }
-        if (dead_letter_entry(s, be, err, errlen) != 0) return -1;
-    }
+    if (dead_letter_batch(s, err, errlen) != 0) return -1;
     const char **ids = xmalloc((b->n ? b->n : 1) * sizeof(*ids));
     for (size_t i = 0; i < b->n; i++) {
         if (b->e[i].acked) continue;
@@ -1202,6 +1326,7 @@ int drain_run(drain_session *s, const drain_request *req, drain_result *out, cha
     streams_reset_run(s);
     int rc = 0;
     retry_state redis_rs = {0, 0};
+    long credit = 0;    /* entries per stream read so far in the iteration under way */
     err[0] = '\0';
     while (!stop_requested(s)) {
         if (!req->until_empty && req->max_iterations > 0 && out->iterations >= req->max_iterations)
@@ -1225,10 +1350,19 @@ int drain_run(drain_session *s, const drain_request *req, drain_result *out, cha
         }
         redis_rs.attempts = 0;
         redis_rs.delay_ms = 0;
-        out->iterations++;
+        /* A read of fewer than read_count entries per stream (capped by
+         * DRAIN_READ_ENTRIES_MAX, or sized down for big entries) is part of
+         * an iteration: reads adding up to read_count per stream make one,
+         * so max_iterations bounds a run's entries as upstream's does. */
+        credit += s->read_count_used;
+        if (credit >= s->o.read_count || n == 0) {
+            out->iterations++;
+            credit = 0;
+        }
         if (n == 0) break;
         if (batch_full(s) && flush_overlapped(s, err, errlen) != 0) { rc = -1; break; }
     }
+    if (credit > 0) out->iterations++;   /* the part of an iteration done */
     if (flush_all(s, err, errlen) != 0) rc = -1;
     batch_clear(s->batch);
     out->streams = (long long)s->n_streams;
@@ -1315,6 +1449,9 @@ drain_session *drain_session_new(const drain_options *o, char *err, size_t errle
     /* clickhouse_timeout bounds how long a frozen server (SIGSTOP, a hung
      * merge) can hold a batch before it counts as an outage. */
     ch_client_set_timeouts(s->ch, o->clickhouse_connect_ms, o->clickhouse_timeout_ms);
+    if (o->clickhouse_gzip_min_bytes != 0)
+        ch_client_set_gzip_threshold(s->ch, o->clickhouse_gzip_min_bytes < 0
+                                     ? 0 : (size_t)o->clickhouse_gzip_min_bytes);
     /* The overlapped insert's own connection (an embedded chdb:// server is
      * one in-process session: no overlap there). */
     if (strncasecmp(o->clickhouse_url, "chdb://", 7) != 0) {
@@ -1324,6 +1461,9 @@ drain_session *drain_session_new(const drain_options *o, char *err, size_t errle
             goto fail;
         }
         ch_client_set_timeouts(s->ch_async, o->clickhouse_connect_ms, o->clickhouse_timeout_ms);
+        if (o->clickhouse_gzip_min_bytes != 0)
+            ch_client_set_gzip_threshold(s->ch_async, o->clickhouse_gzip_min_bytes < 0
+                                         ? 0 : (size_t)o->clickhouse_gzip_min_bytes);
     }
     return s;
 fail:

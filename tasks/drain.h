@@ -23,6 +23,15 @@
 #define DRAIN_GROUP_DEFAULT "product-telemetry-consumers"
 #define DRAIN_TABLE_DEFAULT "product_telemetry_events"
 #define DRAIN_READ_COUNT_DEFAULT 100        /* entries per stream per XREADGROUP */
+/* Entries one XREADGROUP may return across all streams: the COUNT per stream
+ * is read_count, lowered to this / (streams read), at least 1. With 20
+ * streams at COUNT 100 a reply was ~20 MB: parsed long after it arrived (out
+ * of cache) and most of the peak RSS. Bench (200k events, 20 streams): COUNT
+ * 100 -> 1.02 us/event, 55 MB; COUNT 5-20 -> 0.90-0.92 us/event, 37-40 MB.
+ * ceil(read_count / COUNT) such reads make one iteration, so max_iterations
+ * still lets a run read max_iterations x read_count entries per stream
+ * (drain_run). */
+#define DRAIN_READ_ENTRIES_MAX 256
 #define DRAIN_BLOCK_MS_DEFAULT 1000         /* BLOCK when nothing is pending or new */
 #define DRAIN_BATCH_MAX_ROWS_DEFAULT 20000  /* rows per INSERT */
 #define DRAIN_BATCH_MAX_BYTES_DEFAULT (8u * 1024 * 1024)  /* ~ encoded bytes per INSERT */
@@ -52,6 +61,8 @@ typedef struct drain_options {
     const char *clickhouse_format;   /* "RowBinary" / "JSONEachRow"; NULL: ch_format_default() */
     long clickhouse_connect_ms;      /* clickhouse_connect_timeout; <= 0: client default */
     long clickhouse_timeout_ms;      /* clickhouse_timeout (one request); <= 0: client default */
+    long clickhouse_gzip_min_bytes;  /* gzip insert bodies of at least this many bytes; 0: client
+                                        default (off for a loopback server); < 0: never */
     int read_count;
     int block_ms;
     int batch_max_rows;
@@ -77,7 +88,8 @@ typedef struct drain_result {
     long long reclaimed;      /* entries taken over from idle consumers (XAUTOCLAIM) */
     long long entries;        /* stream entries acked */
     long long streams;        /* streams known when the run ended */
-    long long iterations;     /* reads performed */
+    long long iterations;     /* reads performed (reads capped by DRAIN_READ_ENTRIES_MAX:
+                                 ceil(read_count / their COUNT) of them make one) */
 } drain_result;
 
 typedef void (*drain_progress_fn)(const drain_result *so_far, void *arg);

@@ -87,12 +87,12 @@ struct drain_session {
     drain_stream *streams;
     size_t n_streams, cap_streams;
     char scan_cursor[32];
+    int read_count_used;          /* COUNT of the last XREADGROUP (streams_read) */
     double last_refresh;          /* monotonic; 0 = never */
     int streams_warned_limit;
     double last_reclaim;
     double entry_bytes_avg;       /* running mean of the entries read (field bytes): sizes the
                                      next read's COUNT (streams.c read_count_now) */
-    int last_read_count;          /* the COUNT of the last XREADGROUP */
     double fence_since;           /* monotonic; 0 none: before the next dedup check, wait for
                                      drain inserts started before this (drain.c fence) */
     double held_at;               /* monotonic time the batch's ownership was last checked */

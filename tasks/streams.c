@@ -282,15 +282,12 @@ int streams_revalidate(drain_session *s, char *err, size_t errlen)
 
 /* ---- Reading ---------------------------------------------------------------------------------- */
 
-/* One XREADGROUP over every ready stream: the history cursor for streams
- * whose own pending entries are not exhausted, ">" for the others. 0 with
- * *reply (NULL when nothing came back), -1 Redis down, -2 the streams
- * changed under us (NOGROUP, WRONGTYPE): the caller revalidates. */
 /* COUNT for the next read: one entry per stream until a size is known, then
  * telemetry_read_count entries per stream, fewer when the entries seen so
- * far are big, so that one read of every stream
- * stays near batch_max_bytes (an XREADGROUP reply is held whole in memory:
- * 100 entries of 500 one-megabyte events would be 50 GB). At least 1. */
+ * far are big, so that one read of every stream stays near batch_max_bytes
+ * (an XREADGROUP reply is held whole in memory: 100 entries of 500
+ * one-megabyte events would be 50 GB). At least 1. streams_read also caps
+ * a read at DRAIN_READ_ENTRIES_MAX entries across all streams. */
 static int read_count_now(const drain_session *s, size_t streams)
 {
     if (streams == 0) return s->o.read_count;
@@ -300,16 +297,23 @@ static int read_count_now(const drain_session *s, size_t streams)
     return fit < 1 ? 1 : (int)fit;
 }
 
+/* One XREADGROUP over every ready stream: the history cursor for streams
+ * whose own pending entries are not exhausted, ">" for the others. 0 with
+ * *reply (NULL when nothing came back), -1 Redis down, -2 the streams
+ * changed under us (NOGROUP, WRONGTYPE): the caller revalidates. */
 int streams_read(drain_session *s, int block_ms, redisReply **reply, char *err, size_t errlen)
 {
     *reply = NULL;
     size_t n = 0;
     for (size_t i = 0; i < s->n_streams; i++) n += s->streams[i].group_ready;
+    s->read_count_used = s->o.read_count;
     if (n == 0) return 0;
     const char **argv = xmalloc((9 + 2 * n) * sizeof(*argv));
     char count[16], block[16];
-    s->last_read_count = read_count_now(s, n);
-    snprintf(count, sizeof count, "%d", s->last_read_count);
+    s->read_count_used = read_count_now(s, n);
+    if ((size_t)s->read_count_used * n > DRAIN_READ_ENTRIES_MAX)
+        s->read_count_used = n < DRAIN_READ_ENTRIES_MAX ? (int)(DRAIN_READ_ENTRIES_MAX / n) : 1;
+    snprintf(count, sizeof count, "%d", s->read_count_used);
     snprintf(block, sizeof block, "%d", block_ms);
     int argc = 0;
     argv[argc++] = "XREADGROUP";
@@ -401,8 +405,7 @@ size_t streams_collect(drain_session *s, redisReply *reply, drain_read_entry **o
                                  : s->entry_bytes_avg + ((double)bytes - s->entry_bytes_avg) / 16;
             if (st->read_history) snprintf(st->pending_cursor, DRAIN_ID_MAX, "%s", d->id);
         }
-        if (st->read_history && entries->elements < (size_t)s->last_read_count)
-            st->pending_done = 1;
+        if (st->read_history && entries->elements < (size_t)s->read_count_used) st->pending_done = 1;
     }
     /* Streams read from history that sent nothing are omitted only when
      * empty arrays are; treat any history stream absent from the reply as done. */

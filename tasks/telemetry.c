@@ -173,9 +173,10 @@ static void storage_add_block(telemetry_entry *e, size_t cap)
     e->storage = b;
 }
 
-/* A NUL-terminated copy of s[0..n) in the entry's storage. */
-static char *store(telemetry_entry *e, const char *s, size_t n)
+/* A NUL-terminated copy of s[0..n) in the entry's storage; *len = n. */
+static char *store(telemetry_entry *e, const char *s, size_t n, uint32_t *len)
 {
+    *len = (uint32_t)n;
     struct telemetry_storage *b = e->storage;
     if (b->cap - b->used < n + 1) {
         storage_add_block(e, b->cap * 2 > n + 1 ? b->cap * 2 : n + 1);
@@ -188,9 +189,9 @@ static char *store(telemetry_entry *e, const char *s, size_t n)
     return p;
 }
 
-static char *store_string(telemetry_entry *e, const pj_value *s)
+static char *store_string(telemetry_entry *e, const pj_value *s, uint32_t *len)
 {
-    return store(e, s->u.string.ptr, s->u.string.len);
+    return store(e, s->u.string.ptr, s->u.string.len, len);
 }
 
 static void storage_free(telemetry_entry *e)
@@ -483,22 +484,27 @@ static void emit_row(parse_ctx *c, const event_view *v, int64_t us)
     if (payload) {
         buf_reset(&c->payload);
         pj_dump(&c->payload, payload, PJ_DUMP_COMPACT | PJ_DUMP_SORT_KEYS);
-        r->payload_json = store(e, c->payload.data, c->payload.len);
+        r->payload_json = store(e, c->payload.data, c->payload.len, &r->len.payload_json);
     } else {
-        r->payload_json = store(e, "{}", 2);
+        r->payload_json = store(e, "{}", 2, &r->len.payload_json);
     }
-    if (org) r->org_id_hash = store_string(e, org);
-    else if (c->entry_org) r->org_id_hash = store(e, c->entry_org, c->entry_org_len);
-    else r->org_id_hash = store(e, "", 0);
-    r->name = store_string(e, v->slot[K_NAME]);
-    r->schema_version = store_string(e, field(v, F_SCHEMA, NULL));
-    r->event_id = store_string(e, field(v, F_EVENT_ID, NULL));
-    r->session_id = store_string(e, field(v, F_SESSION, NULL));
-    r->anonymous_user_id = store_string(e, field(v, F_ANON, NULL));
-    r->route_pattern = route && route->type == PJ_STRING ? store_string(e, route) : NULL;
+    if (org) r->org_id_hash = store_string(e, org, &r->len.org_id_hash);
+    else if (c->entry_org) r->org_id_hash = store(e, c->entry_org, c->entry_org_len, &r->len.org_id_hash);
+    else r->org_id_hash = store(e, "", 0, &r->len.org_id_hash);
+    r->name = store_string(e, v->slot[K_NAME], &r->len.name);
+    r->schema_version = store_string(e, field(v, F_SCHEMA, NULL), &r->len.schema_version);
+    r->event_id = store_string(e, field(v, F_EVENT_ID, NULL), &r->len.event_id);
+    r->session_id = store_string(e, field(v, F_SESSION, NULL), &r->len.session_id);
+    r->anonymous_user_id = store_string(e, field(v, F_ANON, NULL), &r->len.anonymous_user_id);
+    r->len.route_pattern = 0;
+    r->route_pattern = route && route->type == PJ_STRING
+                       ? store_string(e, route, &r->len.route_pattern) : NULL;
     r->occurred_at_us = us;
     const char *source = e->source ? e->source : TELEMETRY_SOURCE;
-    r->source = store(e, source, strlen(source));
+    /* A present source passed the byte-exact check (parse_events). */
+    size_t source_len = e->source ? c->source->value_len : sizeof TELEMETRY_SOURCE - 1;
+    r->source = store(e, source, source_len, &r->len.source);
+    r->has_len = 1;
 }
 
 static void process_event(parse_ctx *c, int index, const pj_value *ev)

@@ -209,6 +209,17 @@ static long long pending(const char *org)
     return n;
 }
 
+/* XREADGROUP calls the server has served so far (INFO commandstats). */
+static long long xreadgroup_calls(void)
+{
+    redisReply *r = cmd("INFO commandstats");
+    const char *p = r->type == REDIS_REPLY_STRING
+                    ? strstr(r->str, "cmdstat_xreadgroup:calls=") : NULL;
+    long long n = p ? strtoll(p + strlen("cmdstat_xreadgroup:calls="), NULL, 10) : 0;
+    freeReplyObject(r);
+    return n;
+}
+
 /* Field `name` of DLQ record i (static copy). */
 static const char *dlq_field(size_t i, const char *name)
 {
@@ -369,12 +380,50 @@ START_TEST(test_drain_read_count_shrinks_for_big_entries)
     drain_request q = {0};
     q.until_empty = 1;
     drain_result r;
+    long long reads = xreadgroup_calls();
     ck_assert_msg(drain_run(s, &q, &r, err, sizeof err) == 0, "%s", err);
+    reads = xreadgroup_calls() - reads;
     ck_assert_int_eq(r.entries, 10);
     ck_assert_int_eq(r.processed, 3000);
-    ck_assert_msg(r.iterations >= 10, "%lld reads for 10 entries of 60 KB with a 100 KB batch: "
-                  "more than one entry per read", r.iterations);
+    ck_assert_msg(reads >= 10, "%lld reads for 10 entries of 60 KB with a 100 KB batch: "
+                  "more than one entry per read", reads);
     ck_assert_int_eq(ch_count(NULL), 3000);
+    drain_session_free(s);
+}
+END_TEST
+
+/* Across many streams one XREADGROUP is capped at DRAIN_READ_ENTRIES_MAX
+ * entries (a lower COUNT per stream); reads adding up to read_count entries
+ * per stream make one iteration, so max_iterations = 1 still reads
+ * read_count entries of a stream (rounded up to whole reads; the session's
+ * first read takes one per stream). */
+START_TEST(test_drain_capped_reads_keep_max_iterations_capacity)
+{
+    enum { STREAMS = 30, BIG = 120 };
+    int count = DRAIN_READ_ENTRIES_MAX / STREAMS;   /* 8 */
+    xadd_entries("orgbig", "c", BIG, 1);
+    for (int i = 1; i < STREAMS; i++) {
+        char org[16];
+        snprintf(org, sizeof org, "org%02d", i);
+        xadd_valid(org, "c", 1);
+    }
+    drain_options o = options("node#1");
+    o.read_count = 100;
+    char err[512];
+    drain_session *s = drain_session_new(&o, err, sizeof err);
+    drain_request q = {0};
+    q.max_iterations = 1;
+    drain_result r;
+    ck_assert_msg(drain_run(s, &q, &r, err, sizeof err) == 0, "%s", err);
+    ck_assert_int_eq(r.iterations, 1);
+    long long big = r.entries - (STREAMS - 1);
+    ck_assert_int_eq(big, 1 + (99 + count - 1) / count * count);   /* 1, then 13 reads of 8 */
+    ck_assert_int_eq(pending("orgbig"), 0);
+    q.max_iterations = 0;
+    q.until_empty = 1;
+    ck_assert_msg(drain_run(s, &q, &r, err, sizeof err) == 0, "%s", err);
+    ck_assert_int_eq(r.entries, BIG - big);
+    ck_assert_int_eq(ch_count(NULL), BIG + STREAMS - 1);
     drain_session_free(s);
 }
 END_TEST
@@ -390,22 +439,26 @@ START_TEST(test_drain_max_iterations_limits_reads)
     q.max_iterations = 1;
     drain_result r;
     /* A new session does not know the entries' size yet: its first read
-     * takes one entry per stream (a read is held whole in memory). */
+     * takes one entry per stream (a read is held whole in memory); the
+     * next one, read_count (2), completes the iteration. */
     ck_assert_msg(drain_run(s, &q, &r, err, sizeof err) == 0, "%s", err);
     ck_assert_int_eq(r.iterations, 1);
-    ck_assert_int_eq(r.entries, 1);
-    ck_assert_int_eq(ch_count(NULL), 1);
-    /* the same session (connections reused) continues, small entries:
-     * read_count per read */
-    ck_assert_msg(drain_run(s, &q, &r, err, sizeof err) == 0, "%s", err);
-    ck_assert_int_eq(r.iterations, 1);
-    ck_assert_int_eq(r.entries, 2);
+    ck_assert_int_eq(r.entries, 3);
     ck_assert_int_eq(ch_count(NULL), 3);
+    /* the same session (connections reused) continues: read_count per read */
     q.max_iterations = 0;
     q.until_empty = 1;
     ck_assert_msg(drain_run(s, &q, &r, err, sizeof err) == 0, "%s", err);
     ck_assert_int_eq(r.entries, 2);
     ck_assert_int_eq(ch_count(NULL), 5);
+    /* now that sizes are known, one iteration is one read of read_count */
+    xadd_entries("orga", "m", 4, 1);
+    q.until_empty = 0;
+    q.max_iterations = 1;
+    ck_assert_msg(drain_run(s, &q, &r, err, sizeof err) == 0, "%s", err);
+    ck_assert_int_eq(r.iterations, 1);
+    ck_assert_int_eq(r.entries, 2);
+    ck_assert_int_eq(ch_count(NULL), 7);
     drain_session_free(s);
 }
 END_TEST
@@ -950,6 +1003,7 @@ int main(void)
     tcase_add_test(tc, test_drain_stores_valid_and_dead_letters_invalid_across_orgs);
     tcase_add_test(tc, test_drain_max_iterations_limits_reads);
     tcase_add_test(tc, test_drain_read_count_shrinks_for_big_entries);
+    tcase_add_test(tc, test_drain_capped_reads_keep_max_iterations_capacity);
     tcase_add_test(tc, test_drain_dead_letters_entry_past_max_deliveries);
     tcase_add_test(tc, test_drain_splits_batch_to_isolate_refused_row);
     tcase_add_test(tc, test_drain_transient_failure_keeps_entries_pending_then_stores_once);

@@ -89,7 +89,23 @@ static int check_row(const char *name, size_t i, const event_row *r, const pj_va
     const char *got[] = {r->org_id_hash, r->event_id, r->name, r->schema_version,
                          r->session_id, r->anonymous_user_id, r->route_pattern,
                          r->payload_json, r->source};
+    /* The lengths the row carries for the encoder (event_row.h). */
+    const uint32_t lens[] = {r->len.org_id_hash, r->len.event_id, r->len.name,
+                             r->len.schema_version, r->len.session_id, r->len.anonymous_user_id,
+                             r->len.route_pattern, r->len.payload_json, r->len.source};
     int bad = 0;
+    if (!r->has_len) {
+        fprintf(stderr, "%s: row %zu carries no lengths\n", name, i);
+        bad = 1;
+    }
+    for (size_t c = 0; c < sizeof cols / sizeof *cols; c++) {
+        size_t want_len = got[c] ? strlen(got[c]) : 0;
+        if (lens[c] != want_len) {
+            fprintf(stderr, "%s: row %zu %s: length %u, strlen %zu\n", name, i, cols[c],
+                    (unsigned)lens[c], want_len);
+            bad = 1;
+        }
+    }
     for (size_t c = 0; c < sizeof cols / sizeof *cols; c++) {
         const pj_value *want = pj_object_get(w, cols[c]);
         if (!want || !same_str(got[c], want)) {

@@ -322,17 +322,29 @@ static int parse_int(ptel_config *cfg, const setting *s, const pj_value *v, load
 }
 
 /* result_expires: seconds, or None for never (stored as -1). */
-static int parse_int_or_none(ptel_config *cfg, const setting *s, const pj_value *v, load_ctx *c)
+/* None is stored as -1; `want` names the unit in the error. */
+static int int_or_none(ptel_config *cfg, const setting *s, const pj_value *v, load_ctx *c,
+                       const char *want)
 {
     long long n;
     if (v->type == PJ_NULL) {
         *FIELD(cfg, s, long long) = -1;
         return 0;
     }
-    if (v->type != PJ_INT) return fail_want(c, s, v, "a non-negative integer (seconds) or None");
+    if (v->type != PJ_INT) return fail_want(c, s, v, want);
     if (check_int(c, s->name, v, s->lo, s->hi, &n) != 0) return -1;
     *FIELD(cfg, s, long long) = n;
     return 0;
+}
+
+static int parse_int_or_none(ptel_config *cfg, const setting *s, const pj_value *v, load_ctx *c)
+{
+    return int_or_none(cfg, s, v, c, "a non-negative integer (seconds) or None");
+}
+
+static int parse_bytes_or_none(ptel_config *cfg, const setting *s, const pj_value *v, load_ctx *c)
+{
+    return int_or_none(cfg, s, v, c, "a non-negative integer (bytes) or None");
 }
 
 static int parse_port(ptel_config *cfg, const setting *s, const pj_value *v, load_ctx *c)
@@ -833,6 +845,8 @@ static const setting settings[] = {
     SECS(clickhouse_connect_timeout, 1),
     SECS(clickhouse_timeout, 1),
     ENUM(clickhouse_insert_format, insert_format_names),
+    ROW(clickhouse_gzip_min_bytes, parse_bytes_or_none, render_int_or_none, TXT_LITERAL, 0,
+        INT32_CAP, NULL),
     /* telemetry drain */
     REDIS_URL(telemetry_redis_url),
     STR(telemetry_stream_pattern),
@@ -928,6 +942,7 @@ void config_init_defaults(ptel_config *cfg)
     cfg->clickhouse_connect_timeout = 5;
     cfg->clickhouse_timeout = 60;
     cfg->clickhouse_insert_format = CH_INSERT_AUTO;
+    cfg->clickhouse_gzip_min_bytes = -1;   /* None: the client decides by host */
 
     cfg->telemetry_stream_pattern = xstrdup("product-telemetry:*:events");
     cfg->telemetry_consumer_group = xstrdup("product-telemetry-consumers");

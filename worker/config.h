@@ -135,6 +135,9 @@ typedef struct ptel_config {
     double clickhouse_connect_timeout;       /* seconds */
     double clickhouse_timeout;               /* seconds */
     config_insert_format clickhouse_insert_format;
+    long long clickhouse_gzip_min_bytes;     /* gzip bodies of at least this; 0 = never;
+                                                -1 = None: off for a loopback server,
+                                                CH_GZIP_THRESHOLD_DEFAULT otherwise */
 
     /* telemetry drain */
     char *telemetry_redis_url;

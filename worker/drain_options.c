@@ -25,6 +25,10 @@ void worker_drain_options(const ptel_config *cfg, const char *hostname, drain_op
     out->clickhouse_format = insert_format(cfg->clickhouse_insert_format);
     out->clickhouse_connect_ms = (long)(cfg->clickhouse_connect_timeout * 1000);
     out->clickhouse_timeout_ms = (long)(cfg->clickhouse_timeout * 1000);
+    /* Config: None = client default, 0 = never; options: 0 = default, < 0 = never. */
+    out->clickhouse_gzip_min_bytes = cfg->clickhouse_gzip_min_bytes < 0 ? 0
+                                     : cfg->clickhouse_gzip_min_bytes == 0 ? -1
+                                     : (long)cfg->clickhouse_gzip_min_bytes;
     out->read_count = (int)cfg->telemetry_read_count;
     out->block_ms = (int)cfg->telemetry_block_ms;
     out->batch_max_rows = (int)cfg->telemetry_batch_max_rows;

@@ -137,6 +137,7 @@ START_TEST(test_defaults_are_celerys_and_ours)
     ck_assert_int_eq(cfg.worker_metrics_port, 0);
     ck_assert_str_eq(cfg.clickhouse_url, "http://localhost:8123/default");
     ck_assert_int_eq(cfg.clickhouse_insert_format, CH_INSERT_AUTO);
+    ck_assert_int_eq(cfg.clickhouse_gzip_min_bytes, -1);   /* None: by host */
     ck_assert_str_eq(cfg.telemetry_consumer_group, "product-telemetry-consumers");
     ck_assert_int_eq(cfg.telemetry_batch_max_bytes, 8 * 1024 * 1024);
     ck_assert_int_eq(cfg.telemetry_retention_days, 180);
@@ -301,6 +302,7 @@ START_TEST(test_every_value_type_reaches_its_field)
         "worker_log_format = \"json\"\n"
         "worker_unknown_task = 'reject'\n"
         "clickhouse_insert_format = 'JSONEachRow'\n"
+        "clickhouse_gzip_min_bytes = 65536\n"
         "accept_content = ('application/json',)\n"
         "telemetry_backoff_max_s = 0.5\n"
         "task_default_queue = 'q'\n";
@@ -314,6 +316,7 @@ START_TEST(test_every_value_type_reaches_its_field)
     ck_assert_int_eq(cfg.worker_log_format, LOG_FORMAT_JSON);
     ck_assert_int_eq(cfg.worker_unknown_task, UNKNOWN_TASK_REJECT);
     ck_assert_int_eq(cfg.clickhouse_insert_format, CH_INSERT_JSONEACHROW);
+    ck_assert_int_eq(cfg.clickhouse_gzip_min_bytes, 65536);
     ck_assert_str_eq(cfg.accept_content.items[0], "application/json");
     ck_assert_double_eq(cfg.telemetry_backoff_max_s, 0.5);
     ck_assert_str_eq(cfg.task_queues.items[0], "q");   /* follows task_default_queue */
@@ -369,6 +372,11 @@ static const struct { const char *text, *error; } bad[] = {
     {"result_expires = -1", "celeryconfig.py:1: result_expires must be a non-negative integer, got -1"},
     {"result_expires = 1.5",
      "celeryconfig.py:1: result_expires must be a non-negative integer (seconds) or None, got 1.5"},
+    {"clickhouse_gzip_min_bytes = -1",
+     "celeryconfig.py:1: clickhouse_gzip_min_bytes must be a non-negative integer, got -1"},
+    {"\n\nclickhouse_gzip_min_bytes = '64k'",
+     "celeryconfig.py:3: clickhouse_gzip_min_bytes must be a non-negative integer (bytes) or None, "
+     "got '64k'"},
     {"worker_metrics_port = 70000",
      "celeryconfig.py:1: worker_metrics_port must be a TCP port (1-65535) or None, got 70000"},
     {"worker_statedb = 5", "celeryconfig.py:1: worker_statedb must be a non-empty string or None, got 5"},

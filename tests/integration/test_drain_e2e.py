@@ -327,6 +327,20 @@ def test_celery_task_drains_twenty_orgs_exactly(producer, schema, worker, celery
     assert "ERROR" not in w.log(), w.log()[-3000:]
 
 
+@pytest.mark.parametrize("gzip_min_bytes", [1, 0], ids=["gzip_every_body", "gzip_never"])
+def test_mixed_corpus_stored_exactly_with_and_without_gzip(gzip_min_bytes, producer, schema,
+                                                           ptel_cli):
+    """clickhouse_gzip_min_bytes changes only the wire form: every column is
+    stored byte for byte either way (loopback default is off, so force it)."""
+    r = producer.r
+    build_mixed_corpus(producer, Gen(seed=103))
+    t0 = time.time()
+    res = run_drain(ptel_cli, schema, clickhouse_gzip_min_bytes=gzip_min_bytes)
+    assert counters(res) == producer.model.counters(), f"drain result {res}"
+    check_rows(schema, producer.model, t0, time.time())
+    check_nothing_pending(r, producer.model)
+
+
 def test_occurred_at_precision_on_the_legacy_table(producer, schema, ptel_cli):
     """CONTRACT §3 wants occurred_at at millisecond precision; on 18.16 the
     legacy table is DateTime (seconds). Record what the table holds: the
