@@ -194,6 +194,11 @@ int backend_store_append(redisContext *ctx, const backend_result *r, int64_t res
     return rc;
 }
 
+int backend_store_prepare(redisContext *ctx, char *err, size_t errlen)
+{
+    return script_prepare(ctx, &store_script, err, errlen);
+}
+
 int backend_store_finish(redisContext *ctx, const char *task_id, char *err, size_t errlen)
 {
     int noscript, rc = -1;

@@ -84,6 +84,10 @@ int backend_store_many(redisContext *ctx, const backend_result *rs, size_t n,
  * BACKEND_STORE_AGAIN. */
 int backend_store_append(redisContext *ctx, const backend_result *r, int64_t result_expires_s,
                          char *err, size_t errlen);
+/* Load the store script now (nothing queued on ctx yet), so that
+ * backend_store_append may then be queued after other commands of a
+ * pipeline. 0, or -1 (err). */
+int backend_store_prepare(redisContext *ctx, char *err, size_t errlen);
 int backend_store_finish(redisContext *ctx, const char *task_id, char *err, size_t errlen);
 
 #endif

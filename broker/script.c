@@ -4,6 +4,7 @@
 #include "broker/script.h"
 
 #include <pthread.h>
+#include <stdatomic.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <string.h>
@@ -16,7 +17,12 @@ static void set_conn_err(redisContext *ctx, char *err, size_t errlen)
     errbuf_set(err, errlen, "redis: %s", ctx->errstr[0] ? ctx->errstr : "connection lost");
 }
 
-/* ---- The shared sha cache ---- */
+/* ---- The shared sha cache ----
+ *
+ * A script's sha never changes once known (it is the SHA1 of the body), so
+ * after the first load readers need no lock: `loaded` (per script) is set
+ * with release order after sha is written, and read with acquire order.
+ * script_lock serialises the writers (loads and reloads). */
 
 static pthread_mutex_t script_lock = PTHREAD_MUTEX_INITIALIZER;
 
@@ -35,8 +41,11 @@ static int script_load(redisContext *ctx, lua_script *s, char sha[41], char *err
         return -1;
     }
     pthread_mutex_lock(&script_lock);
-    memcpy(s->sha, r->str, 40);
-    s->sha[40] = '\0';
+    if (!atomic_load_explicit(&s->loaded, memory_order_acquire)) {
+        memcpy(s->sha, r->str, 40);
+        s->sha[40] = '\0';
+        atomic_store_explicit(&s->loaded, 1, memory_order_release);
+    }
     memcpy(sha, s->sha, 41);
     pthread_mutex_unlock(&script_lock);
     freeReplyObject(r);
@@ -47,11 +56,17 @@ static int script_load(redisContext *ctx, lua_script *s, char sha[41], char *err
  * process; the sha is the same on every server, so threads share it). */
 static int script_sha(redisContext *ctx, lua_script *s, char sha[41], char *err, size_t errlen)
 {
-    pthread_mutex_lock(&script_lock);
-    memcpy(sha, s->sha, 41);
-    pthread_mutex_unlock(&script_lock);
-    if (sha[0]) return 0;
+    if (atomic_load_explicit(&s->loaded, memory_order_acquire)) {
+        memcpy(sha, s->sha, 41);
+        return 0;
+    }
     return script_load(ctx, s, sha, err, errlen);
+}
+
+int script_prepare(redisContext *ctx, lua_script *s, char *err, size_t errlen)
+{
+    char sha[41];
+    return script_sha(ctx, s, sha, err, errlen);
 }
 
 int script_reload(redisContext *ctx, lua_script *s, char *err, size_t errlen)

@@ -17,6 +17,7 @@
 #ifndef PTEL_BROKER_SCRIPT_H
 #define PTEL_BROKER_SCRIPT_H
 
+#include <stdatomic.h>
 #include <stddef.h>
 
 #include <hiredis/hiredis.h>
@@ -24,11 +25,12 @@
 typedef struct lua_script {
     const char *name;   /* for error messages */
     const char *body;
-    char sha[41];       /* "" until loaded; guarded by a lock in script.c */
+    char sha[41];       /* "" until loaded; written once, under a lock in script.c */
+    atomic_int loaded;  /* sha is valid (release/acquire; see script.c) */
 } lua_script;
 
 /* A static script: static lua_script s = LUA_SCRIPT("fetch", "...body..."); */
-#define LUA_SCRIPT(name, body) {name, body, ""}
+#define LUA_SCRIPT(name, body) {name, body, "", 0}
 
 /* Run s and wait for its reply (the EVAL fallback included). Returns the
  * reply (the caller frees it), or NULL with err set on a connection failure
@@ -41,6 +43,12 @@ redisReply *script_run(redisContext *ctx, lua_script *s, int argc, const char **
  * before any other command of the same pipeline. 0 queued, -1 not (err). */
 int script_append(redisContext *ctx, lua_script *s, int argc, const char **argv,
                   size_t *lens, char *err, size_t errlen);
+
+/* Make sure s's sha is known, loading it on ctx's server if needed (waits
+ * for a reply: nothing may be queued on ctx). After it, script_append of s
+ * does no I/O, so a pipeline may queue s after other commands. 0, or -1
+ * (err). */
+int script_prepare(redisContext *ctx, lua_script *s, char *err, size_t errlen);
 
 /* Read the reply of one script_append. Returns it (the caller frees it,
  * error replies included), or NULL on a connection failure (err set).

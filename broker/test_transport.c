@@ -391,6 +391,33 @@ START_TEST(test_fetch_unacked_strings_escaped_as_python)
 }
 END_TEST
 
+/* The fast path of the script's string quoting: every byte json.dumps keeps
+ * as is (32-126 but '"' and '\\') is copied; one byte outside that set
+ * sends the whole string through the escaping loop. */
+START_TEST(test_fetch_unacked_printable_ascii_kept_as_python)
+{
+    redisContext *c = ts_fresh();
+    transport_options o;
+    transport_options_init(&o);
+    transport_queues q;
+    queues_of(&q, "ingest", NULL, NULL);
+    /* json.dumps([" !#Z[]^~/", "a]b\t"]) == '[" !#Z[]^~/", "a]b\\t"]' */
+    const char *payload = "{\"properties\": {\"delivery_tag\": \"t\", \"delivery_info\": "
+                          "{\"exchange\": \" !#Z[]^~/\", \"routing_key\": \"a]b\\t\"}}}";
+    freeReplyObject(ts_cmd(c, "LPUSH ingest %s", payload));
+    fetched_message *m = fetch_n(c, &o, &q, 1, 1);
+    char *v = ts_str(c, "HGET unacked t");
+    buf want = BUF_INIT;
+    buf_printf(&want, "[%s, \" !#Z[]^~/\", \"a]b\\t\"]", payload);
+    ck_assert_str_eq(v, want.data);
+    buf_free(&want);
+    free(v);
+    transport_messages_free(m, 1);
+    transport_queues_deinit(&q);
+    redisFree(c);
+}
+END_TEST
+
 START_TEST(test_fetch_malformed_payload_is_returned_but_not_registered)
 {
     redisContext *c = ts_fresh();
@@ -840,6 +867,97 @@ START_TEST(test_publish_lands_on_priority_subqueue)
 }
 END_TEST
 
+/* transport_fetch_append/_finish queued after other commands: the same
+ * messages, rotation and unacked bytes as the blocking fetch. */
+START_TEST(test_fetch_pipelined_after_other_commands_matches_blocking_fetch)
+{
+    redisContext *c = ts_fresh();
+    transport_options o;
+    transport_options_init(&o);
+    transport_queues q;
+    queues_of(&q, "alpha", "beta", "ingest");
+    char ids[5][37];
+    send_tasks("alpha:0 alpha:0 beta:0 ingest:9 ingest:0", ids, 5);
+    char *first = ts_str(c, "LINDEX alpha -1");
+    char err[256] = "";
+    ck_assert_msg(transport_fetch_prepare(c, err, sizeof err) == 0, "prepare: %s", err);
+    /* An ack of an unknown tag and a PING go first, as in a slot's round trip. */
+    const char *none[1] = {"no-such-tag"};
+    transport_ack_append(c, &o, none, 1);
+    ck_assert_int_eq(redisAppendCommand(c, "PING"), REDIS_OK);
+    transport_fetch_call fc;
+    ck_assert_msg(transport_fetch_append(c, &o, &q, 10, &fc, err, sizeof err) == 0, "append: %s", err);
+    ck_assert_int_eq(transport_ack_finish(c, 1, err, sizeof err), 0);
+    redisReply *pong = NULL;
+    ck_assert_int_eq(redisGetReply(c, (void **)&pong), REDIS_OK);
+    ck_assert_str_eq(pong->str, "PONG");
+    freeReplyObject(pong);
+    fetched_message *m;
+    size_t n;
+    ck_assert_msg(transport_fetch_finish(c, &o, &q, NULL, &fc, &m, &n, err, sizeof err) == 0,
+                  "finish: %s", err);
+    ck_assert_uint_eq(n, 5);
+    int want[] = {0, 2, 4, 1, 3};
+    for (int i = 0; i < 5; i++) {
+        char *id = task_id_of(m[i].payload);
+        ck_assert_str_eq(id, ids[want[i]]);
+        free(id);
+    }
+    ck_assert_str_eq(m[0].payload, first);
+    ck_assert_str_eq(m[0].queue, "alpha");
+    ck_assert_str_eq(m[4].key, "ingest" SEP "9");
+    ck_assert_str_eq(m[4].queue, "ingest");
+    ck_assert_str_eq(q.names[0], "beta");
+    ck_assert_str_eq(q.names[1], "alpha");
+    ck_assert_str_eq(q.names[2], "ingest");
+    /* The unacked value: exactly kombu's '[<payload>, "", "alpha"]'. */
+    char *stored = ts_str(c, "HGET unacked %s", m[0].tag);
+    buf want_value = BUF_INIT;
+    buf_printf(&want_value, "[%s, \"\", \"alpha\"]", first);
+    ck_assert_str_eq(stored, buf_cstr(&want_value));
+    ck_assert_int_eq(ts_int(c, "ZCARD unacked_index"), 5);
+    buf_free(&want_value);
+    free(stored);
+    free(first);
+    transport_messages_free(m, n);
+    transport_queues_deinit(&q);
+    redisFree(c);
+}
+END_TEST
+
+/* A server that lost the script answers NOSCRIPT to the queued EVALSHA:
+ * nothing popped, 0 messages, and the next pipelined fetch works. */
+START_TEST(test_fetch_pipelined_after_script_flush_pops_nothing_then_works)
+{
+    redisContext *c = ts_fresh();
+    transport_options o;
+    transport_options_init(&o);
+    transport_queues q;
+    queues_of(&q, "ingest", NULL, NULL);
+    char err[256] = "";
+    ck_assert_int_eq(transport_fetch_prepare(c, err, sizeof err), 0);
+    freeReplyObject(ts_cmd(c, "SCRIPT FLUSH"));
+    freeReplyObject(ts_cmd(c, "LPUSH ingest %s",
+                           "{\"properties\": {\"delivery_tag\": \"t1\", \"delivery_info\": "
+                           "{\"exchange\": \"\", \"routing_key\": \"ingest\"}}}"));
+    transport_fetch_call fc;
+    fetched_message *m;
+    size_t n;
+    ck_assert_int_eq(transport_fetch_append(c, &o, &q, 1, &fc, err, sizeof err), 0);
+    ck_assert_msg(transport_fetch_finish(c, &o, &q, NULL, &fc, &m, &n, err, sizeof err) == 0, "%s", err);
+    ck_assert_uint_eq(n, 0);
+    ck_assert_int_eq(ts_int(c, "LLEN ingest"), 1);
+    ck_assert_int_eq(transport_fetch_append(c, &o, &q, 1, &fc, err, sizeof err), 0);
+    ck_assert_msg(transport_fetch_finish(c, &o, &q, NULL, &fc, &m, &n, err, sizeof err) == 0, "%s", err);
+    ck_assert_uint_eq(n, 1);
+    ck_assert_str_eq(m[0].tag, "t1");
+    ck_assert_int_eq(ts_int(c, "HEXISTS unacked t1"), 1);
+    transport_messages_free(m, n);
+    transport_queues_deinit(&q);
+    redisFree(c);
+}
+END_TEST
+
 static Suite *transport_suite(void)
 {
     Suite *s = suite_create("transport");
@@ -861,8 +979,11 @@ static Suite *transport_suite(void)
     tcase_add_test(r, test_fetch_survives_script_flush);
     tcase_add_test(r, test_fetch_unacked_value_byte_equal_to_kombu);
     tcase_add_test(r, test_fetch_unacked_strings_escaped_as_python);
+    tcase_add_test(r, test_fetch_unacked_printable_ascii_kept_as_python);
     tcase_add_test(r, test_fetch_malformed_payload_is_returned_but_not_registered);
     tcase_add_test(r, test_fetch_kill9_right_after_pop_loses_nothing);
+    tcase_add_test(r, test_fetch_pipelined_after_other_commands_matches_blocking_fetch);
+    tcase_add_test(r, test_fetch_pipelined_after_script_flush_pops_nothing_then_works);
     tcase_add_test(r, test_ack_removes_only_given_tags);
     tcase_add_test(r, test_ack_reports_wrong_type_error);
     tcase_add_test(r, test_requeue_lpushes_to_back_with_flags);

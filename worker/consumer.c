@@ -6,6 +6,12 @@
  * raises kombu's limit by one. transport_fetch never blocks, so an idle
  * consumer polls with a doubling backoff capped at TRANSPORT_BACKOFF_MAX_US.
  *
+ * Fetches happen here and, to save a round trip per task, inside a busy
+ * slot's round trip (pool.c). Either kind reserves its prefetch room under
+ * w->lock before sending (consumer_reserve_fetch_locked, counted in
+ * n_fetching), so together they never exceed the limit, and every fetched
+ * message goes through the same dispatch (consumer_fetched).
+ *
  * Every fetched message ends in exactly one place: the ready queue, the ETA
  * list, back on the broker (unknown task, requeue policy), or settled here
  * (acked after logging, with FAILURE/REVOKED stored where Celery stores it). */
@@ -31,10 +37,14 @@
 
 /* Consumer-thread-only state. */
 typedef struct consumer_state {
-    int64_t unknown_log_next_us;
-    long long unknown_suppressed;
     int64_t fetch_error_log_next_us;
 } consumer_state;
+
+/* The unknown-task log limiter, shared by every thread that dispatches
+ * (the consumer and the slots): owned by this file, guarded by unknown_lock. */
+static pthread_mutex_t unknown_lock = PTHREAD_MUTEX_INITIALIZER;
+static int64_t unknown_log_next_us;
+static long long unknown_suppressed;
 
 size_t worker_prefetch_limit(const worker *w)
 {
@@ -44,10 +54,33 @@ size_t worker_prefetch_limit(const worker *w)
     return (size_t)limit;
 }
 
-/* Messages held unacked that count against prefetch (lock held). */
+/* Messages held unacked that count against prefetch, and room reserved by
+ * fetches in flight (lock held). */
 static size_t held_locked(const worker *w)
 {
-    return w->n_ready + w->n_late_active;
+    return w->n_ready + w->n_late_active + w->n_fetching;
+}
+
+int consumer_reserve_fetch_locked(worker *w)
+{
+    size_t limit = worker_prefetch_limit(w), held = held_locked(w);
+    if (atomic_load(&w->stopping) || held >= limit) return 0;
+    w->n_fetching += limit - held;
+    return (int)(limit - held);
+}
+
+void consumer_room_signal_locked(worker *w)
+{
+    if (held_locked(w) < worker_prefetch_limit(w)) pthread_cond_signal(&w->room);
+}
+
+void consumer_release_fetch(worker *w, int reserved)
+{
+    if (reserved <= 0) return;
+    pthread_mutex_lock(&w->lock);
+    w->n_fetching -= (size_t)reserved;
+    consumer_room_signal_locked(w);
+    pthread_mutex_unlock(&w->lock);
 }
 
 static void sleep_us(int64_t us)
@@ -115,7 +148,7 @@ static void settle_bad_message(worker *w, redisContext *ctx, const fetched_messa
 }
 
 /* Returns 1 when the message was an unknown task handed back to the queue. */
-static int dispatch(worker *w, consumer_state *cs, redisContext *ctx, fetched_message *m)
+static int dispatch(worker *w, redisContext *ctx, fetched_message *m)
 {
     if (!m->tag) {
         int n = m->payload_len < LOG_PAYLOAD_MAX ? (int)m->payload_len : LOG_PAYLOAD_MAX;
@@ -151,16 +184,18 @@ static int dispatch(worker *w, consumer_state *cs, redisContext *ctx, fetched_me
         if (w->cfg->worker_unknown_task == UNKNOWN_TASK_REQUEUE) {
             char rerr[256];
             int64_t now = time_now_us();
-            if (now >= cs->unknown_log_next_us) {
+            pthread_mutex_lock(&unknown_lock);
+            if (now >= unknown_log_next_us) {
                 log_warning("Received task of unregistered type '%s' [%s]: handed back to queue "
                             "'%s' for a worker that knows it (worker_unknown_task='requeue'; "
                             "%lld more hand-backs since the last such line)", j->msg.task,
-                            j->msg.id, m->queue, cs->unknown_suppressed);
-                cs->unknown_log_next_us = now + UNKNOWN_LOG_EVERY_US;
-                cs->unknown_suppressed = 0;
+                            j->msg.id, m->queue, unknown_suppressed);
+                unknown_log_next_us = now + UNKNOWN_LOG_EVERY_US;
+                unknown_suppressed = 0;
             } else {
-                cs->unknown_suppressed++;
+                unknown_suppressed++;
             }
+            pthread_mutex_unlock(&unknown_lock);
             if (transport_requeue(ctx, &w->topts, m->tag, rerr, sizeof rerr) != 0)
                 log_error("Could not hand back %s[%s]: %s; it stays in unacked and will be "
                           "restored after the visibility timeout", j->msg.task, j->msg.id, rerr);
@@ -235,6 +270,21 @@ static int dispatch(worker *w, consumer_state *cs, redisContext *ctx, fetched_me
     return 0;
 }
 
+int consumer_fetched(worker *w, redisContext *ctx, int reserved, fetched_message *msgs, size_t n)
+{
+    /* Test hook: a kill -9 right after the pop must lose nothing. */
+    const char *crash_hook = getenv("PTEL_TEST_CRASH_AFTER_POP");
+    if (n && crash_hook && strcmp(crash_hook, "1") == 0) {
+        log_warning("PTEL_TEST_CRASH_AFTER_POP: exiting right after the pop (test hook)");
+        _exit(137);
+    }
+    int unknown = 0;
+    for (size_t i = 0; i < n; i++) unknown += dispatch(w, ctx, &msgs[i]);
+    transport_messages_free(msgs, n);
+    consumer_release_fetch(w, reserved);
+    return unknown;
+}
+
 /* Move ETA jobs that are due to the ready queue (called by the main loop). */
 void consumer_release_due(worker *w, int64_t now_us)
 {
@@ -274,8 +324,7 @@ void *consumer_main(void *arg)
     int64_t reconnect_wait = 100 * 1000;
     int outage_logged = 0;
     int64_t unknown_wait = 0;
-    const char *crash_hook = getenv("PTEL_TEST_CRASH_AFTER_POP");
-    consumer_state cs = {0, 0, 0};
+    consumer_state cs = {0};
 
     while (!atomic_load(&w->stopping)) {
         if (!ctx) {
@@ -299,9 +348,8 @@ void *consumer_main(void *arg)
         }
 
         pthread_mutex_lock(&w->lock);
-        size_t limit = worker_prefetch_limit(w);
-        size_t held = held_locked(w);
-        if (held >= limit) {
+        int room = consumer_reserve_fetch_locked(w);
+        if (room == 0) {
             struct timespec until;
             clock_gettime(CLOCK_REALTIME, &until);
             until.tv_nsec += 100 * 1000 * 1000;
@@ -310,7 +358,6 @@ void *consumer_main(void *arg)
             pthread_mutex_unlock(&w->lock);
             continue;
         }
-        int room = (int)(limit - held);
         pthread_mutex_unlock(&w->lock);
         fetched_message *msgs = NULL;
         size_t n = 0;
@@ -318,6 +365,7 @@ void *consumer_main(void *arg)
         pthread_mutex_lock(&w->queues_lock);
         int rc = transport_fetch(ctx, &w->topts, &w->queues, room, &msgs, &n, err, sizeof err);
         pthread_mutex_unlock(&w->queues_lock);
+        if (rc != 0) consumer_release_fetch(w, room);
         if (rc != 0 && ctx->err == 0 && strstr(err, "LOADING") != NULL) {
             /* Redis is up again but still loading its dataset. */
             atomic_store(&w->broker_ok, 0);
@@ -353,13 +401,7 @@ void *consumer_main(void *arg)
             continue;
         }
         broker_answers(w, &outage_logged);
-        if (n && crash_hook && strcmp(crash_hook, "1") == 0) {
-            log_warning("PTEL_TEST_CRASH_AFTER_POP: exiting right after the pop (test hook)");
-            _exit(137);
-        }
-        int unknown = 0;
-        for (size_t i = 0; i < n; i++) unknown += dispatch(w, &cs, ctx, &msgs[i]);
-        transport_messages_free(msgs, n);
+        int unknown = consumer_fetched(w, ctx, room, msgs, n);
 
         if (n == 0) {
             transport_backoff_sleep(&idle);

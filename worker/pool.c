@@ -4,8 +4,10 @@
  * oldest reserved job, acks it early unless acks_late (Celery acks when the
  * pool accepts the job, PROTOCOL §4.2), stores STARTED when tracked, runs the
  * task, stores the outcome, and acks late jobs after their result. When
- * broker and backend are one connection, the ack rides in the same round
- * trip as the STARTED store (early ack) or the outcome store (acks_late).
+ * broker and backend are one connection, a busy slot does all of that for
+ * one task in one round trip: the last task's outcome, the next task's
+ * start and a fetch refilling the prefetch room travel together (see
+ * "Round trips").
  *
  * Time limits: the main thread calls pool_check_limits() every tick. At the
  * soft limit the task's cancel flag asks it to finish now. At the hard limit
@@ -114,38 +116,22 @@ static int store_retrying(slot *s, const backend_result *r, char *err, size_t er
     }
 }
 
-/* ---- Pipelined store + ack ---------------------------------------------------- */
+/* ---- Outcomes ready to write ------------------------------------------------- */
 
-/* A store and an ack can share one round trip when broker and backend are
- * the same live connection. */
-static int can_pipeline(const slot *s, const job *j)
-{
-    return s->broker && s->broker == s->backend && !s->broker->err && !j->acked;
-}
-
-/* Store r, then ack j, in one round trip (PROTOCOL §4.2, §11.1): both are
- * queued, then both replies read. The store is queued first, so an
- * acks_late ack still lands after its result. Returns what backend_store
- * returns; the ack's status goes to *ack_rc (reason in ack_err), for
- * job_ack_settled. */
-static int store_then_ack(slot *s, job *j, const backend_result *r, char *err, size_t errlen,
-                          int *ack_rc, char *ack_err, size_t ack_errlen)
-{
-    worker *w = s->w;
-    redisContext *ctx = s->broker;
-    const char *tags[1] = {j->msg.delivery_tag};
-    if (backend_store_append(ctx, r, w->cfg->result_expires, err, errlen) < 0) {
-        *ack_rc = transport_ack(ctx, &w->topts, tags, 1, ack_err, ack_errlen);
-        return -1;
-    }
-    transport_ack_append(ctx, &w->topts, tags, 1);
-    int rc = backend_store_finish(ctx, r->task_id, err, errlen);
-    *ack_rc = transport_ack_finish(ctx, 1, ack_err, ack_errlen);
-    /* The server lost the script (restart, SCRIPT FLUSH) and wrote nothing:
-     * store now. Only then does the ack land first, by microseconds. */
-    if (rc == BACKEND_STORE_AGAIN) rc = backend_store(ctx, r, w->cfg->result_expires, err, errlen);
-    return rc;
-}
+/* A finished task's outcome, decided (logged, retry republished) but not yet
+ * stored: it rides in the slot's next round trip (see "Round trips"). Owns
+ * what r points at, except the job's own fields; the job is the slot's
+ * until outcome_release. */
+typedef struct pending_outcome {
+    job *j;
+    task_outcome out;         /* the task's result / exception (owned) */
+    backend_result r;
+    buf line;                 /* repr of the result or exception (log, events) */
+    char *traceback;
+    pj_value *children;       /* RETRY: [[[id, null], null]] */
+    double runtime;
+    int ack;                  /* acks_late: ack right after the store (PROTOCOL §4.2) */
+} pending_outcome;
 
 /* Python clients show the traceback text; ours names the task and the error. */
 static char *make_traceback(const job *j, const task_outcome *out)
@@ -173,60 +159,70 @@ static void exception_repr(buf *out, const task_outcome *o)
     buf_putc(out, ')');
 }
 
-/* Store the outcome, emit its event, and ack j when `ack` (acks_late:
- * after the result is stored, PROTOCOL §4.2). */
-static void store_outcome(slot *s, job *j, task_outcome *out, double runtime, int ack)
+/* Decide what to store for j's outcome: log it, republish a retry, count
+ * it. Takes ownership of *out (left zeroed). The result is written by the
+ * next round trip (outcome_write or round_trip). */
+static pending_outcome *outcome_prepare(slot *s, job *j, task_outcome *out, double runtime,
+                                        int ack)
 {
     worker *w = s->w;
+    pending_outcome *po = xcalloc(1, sizeof *po);
+    po->j = j;
+    po->out = *out;
+    memset(out, 0, sizeof *out);
+    po->runtime = runtime;
+    po->ack = ack;
+    buf_init(&po->line);
+    out = &po->out;
     char err[256];
-    backend_result r = {.task_id = j->msg.id, .parent_id = j->msg.parent_id,
-                        .group_id = j->msg.group, .date_done_us = time_now_us()};
-    buf line = BUF_INIT;
-    char *traceback = NULL;
-    pj_value *children = NULL;
+    backend_result *r = &po->r;
+    *r = (backend_result){.task_id = j->msg.id, .parent_id = j->msg.parent_id,
+                          .group_id = j->msg.group, .date_done_us = time_now_us()};
 
     switch (out->status) {
     case TASK_SUCCESS:
-        r.status = BACKEND_SUCCESS;
-        r.result = out->result;
-        pj_repr(&line, out->result);
+        r->status = BACKEND_SUCCESS;
+        r->result = out->result;
+        pj_repr(&po->line, out->result);
         log_info("Task %s[%s] succeeded in %.6fs: %s", j->msg.task, j->msg.id, runtime,
-                 buf_cstr(&line));
+                 buf_cstr(&po->line));
         break;
     case TASK_FAILURE:
-        r.status = BACKEND_FAILURE;
-        traceback = make_traceback(j, out);
-        exception_repr(&line, out);
-        log_error("Task %s[%s] raised unexpected: %s", j->msg.task, j->msg.id, buf_cstr(&line));
+        r->status = BACKEND_FAILURE;
+        po->traceback = make_traceback(j, out);
+        exception_repr(&po->line, out);
+        log_error("Task %s[%s] raised unexpected: %s", j->msg.task, j->msg.id,
+                  buf_cstr(&po->line));
         break;
     case TASK_RETRY: {
-        r.status = BACKEND_RETRY;
-        traceback = make_traceback(j, out);
+        r->status = BACKEND_RETRY;
+        po->traceback = make_traceback(j, out);
         /* Republish first (same id, retries + 1, eta), as Celery's
          * Task.retry does (PROTOCOL §12.3), then store RETRY. */
         buf msg = BUF_INIT;
         int64_t eta = time_now_us() + (int64_t)(out->retry_countdown * USEC_PER_SEC);
         buf origin = BUF_INIT;
-        buf_printf(&origin, "gen%d@%s", (int)getpid(),
+        buf_printf(&origin, "gen%d@%s", (int)w->pid,
                    strchr(w->hostname, '@') ? strchr(w->hostname, '@') + 1 : w->hostname);
         const char *queue = j->msg.routing_key ? j->msg.routing_key : w->cfg->task_default_queue;
         if (message_build_retry(&j->msg, eta, buf_cstr(&origin), &msg) != 0 ||
             publish_retrying(s, queue, j->msg.priority, msg.data, msg.len, err, sizeof err) != 0) {
             log_error("Task %s[%s] asked to retry but the retry could not be published (%s); "
                       "storing FAILURE", j->msg.task, j->msg.id, err);
-            r.status = BACKEND_FAILURE;
+            r->status = BACKEND_FAILURE;
         } else {
-            exception_repr(&line, out);
-            log_info("Task %s[%s] retry: %s", j->msg.task, j->msg.id, buf_cstr(&line));
-            children = pj_new_array();
+            exception_repr(&po->line, out);
+            log_info("Task %s[%s] retry: %s", j->msg.task, j->msg.id, buf_cstr(&po->line));
+            pj_value *children = pj_new_array();
             pj_value *tuple = pj_new_array(), *pair = pj_new_array();
             pj_array_append(pair, pj_new_string(j->msg.id));
             pj_array_append(pair, pj_new_null());
             pj_array_append(tuple, pair);
             pj_array_append(tuple, pj_new_null());
             pj_array_append(children, tuple);
-            r.children = children;
-            r.date_done_us = 0;
+            po->children = children;
+            r->children = children;
+            r->date_done_us = 0;
         }
         buf_free(&msg);
         buf_free(&origin);
@@ -234,59 +230,258 @@ static void store_outcome(slot *s, job *j, task_outcome *out, double runtime, in
     }
     }
     if (out->status != TASK_SUCCESS) {
-        r.exc_type = out->exc_type;
-        r.exc_module = out->exc_module;
-        r.exc_args = out->exc_args;
-        r.traceback = traceback;
+        r->exc_type = out->exc_type;
+        r->exc_module = out->exc_module;
+        r->exc_args = out->exc_args;
+        r->traceback = po->traceback;
     }
-    task_metric(j->msg.task, "ptel_tasks_total", backend_status_name(r.status), 1);
+    if (r->status != BACKEND_SUCCESS && !po->line.len) exception_repr(&po->line, out);
+    task_metric(j->msg.task, "ptel_tasks_total", backend_status_name(r->status), 1);
     task_metric(j->msg.task, "ptel_task_runtime_seconds", NULL, runtime);
-    int ack_sent = 0;
+    return po;
+}
+
+/* outcome_complete's store_rc when the store did not happen (or a lost
+ * connection left it unconfirmed): it is written there, with retries. */
+#define STORE_NOT_WRITTEN (-2)
+
+/* The job is done with: count it, free room for the consumer, free it. If
+ * it is still the slot's current job, the slot goes idle first, so nobody
+ * (inspect active, revoke --terminate) sees it freed. */
+static void job_finished(slot *s, job *j)
+{
+    worker *w = s->w;
+    pthread_mutex_lock(&w->lock);
+    if (s->current == j) {
+        s->current = NULL;
+        s->status = SLOT_IDLE;
+    }
+    w->stats.processed++;
+    if (j->settings.acks_late) {   /* only a late job still held room */
+        w->n_late_active--;
+        consumer_room_signal_locked(w);
+    }
+    pthread_mutex_unlock(&w->lock);
+    job_free(j);
+}
+
+/* After the store: log a failed one (retrying it on a fresh connection
+ * first when the connection was lost, or once more when the server had lost
+ * the script), send the task's event (after the result is stored, as
+ * Celery's on_success/on_failure), ack an acks_late job that the round trip
+ * did not ack, and release the outcome and its job. store_rc: what
+ * backend_store_finish returned, or STORE_NOT_WRITTEN. */
+static void outcome_complete(slot *s, pending_outcome *po, int store_rc, char *err,
+                             size_t errlen)
+{
+    worker *w = s->w;
+    job *j = po->j;
     if (!j->settings.ignore_result) {
-        int rc;
-        if (ack && can_pipeline(s, j)) {
-            char ack_err[256];
-            int ack_rc;
-            rc = store_then_ack(s, j, &r, err, sizeof err, &ack_rc, ack_err, sizeof ack_err);
-            if (rc < 0 && s->broker->err) {
-                /* Lost connection: retry the store on a fresh one; the ack
-                 * follows the events, as without pipelining. */
-                rc = store_retrying(s, &r, err, sizeof err);
-            } else {
-                job_ack_settled(j, ack_rc, ack_err);
-                ack_sent = 1;
-            }
-        } else {
-            rc = store_retrying(s, &r, err, sizeof err);
-        }
-        if (rc < 0)
-            log_error("Could not store %s for %s[%s]: %s", backend_status_name(r.status),
+        if (store_rc == BACKEND_STORE_AGAIN && s->backend)
+            store_rc = backend_store(s->backend, &po->r, w->cfg->result_expires, err, errlen);
+        if (store_rc == STORE_NOT_WRITTEN || (store_rc < 0 && (!s->backend || s->backend->err)))
+            store_rc = store_retrying(s, &po->r, err, errlen);
+        if (store_rc < 0)
+            log_error("Could not store %s for %s[%s]: %s", backend_status_name(po->r.status),
                       j->msg.task, j->msg.id, err);
     }
-    /* Events after the result is stored, as Celery's on_success/on_failure. */
-    if (r.status != BACKEND_SUCCESS && !line.len) exception_repr(&line, out);
-    if (r.status == BACKEND_SUCCESS)
-        remote_task_succeeded(w->remote, j, buf_cstr(&line), runtime);
-    else if (r.status == BACKEND_RETRY)
-        remote_task_retried(w->remote, j, buf_cstr(&line), traceback);
+    if (po->r.status == BACKEND_SUCCESS)
+        remote_task_succeeded(w->remote, j, buf_cstr(&po->line), po->runtime);
+    else if (po->r.status == BACKEND_RETRY)
+        remote_task_retried(w->remote, j, buf_cstr(&po->line), po->traceback);
     else
-        remote_task_failed(w->remote, j, buf_cstr(&line), traceback);
-    if (ack && !ack_sent) job_ack(s->broker, w, j);
-    pj_free(children);
-    free(traceback);
-    buf_free(&line);
+        remote_task_failed(w->remote, j, buf_cstr(&po->line), po->traceback);
+    if (po->ack && s->broker) job_ack(s->broker, w, j);
+    pj_free(po->children);
+    free(po->traceback);
+    buf_free(&po->line);
+    task_outcome_free(&po->out);
+    free(po);
+    job_finished(s, j);
+}
+
+/* ---- Round trips -------------------------------------------------------------
+ *
+ * Redis spends most of its CPU per task on round trips, not on commands:
+ * perf on redis-server under ptel.ping shows ~60% in the kernel (the reply
+ * write, the wakeup of the reader, epoll_wait), and each round trip wakes
+ * a slot thread too. So one round trip carries what the slot's last task
+ * ends and what its next task begins, queued and read in this order:
+ *
+ *   1. the previous task's result (the store script: GET guard, SETEX, PUBLISH)
+ *   2. its ack, when acks_late (after its result, PROTOCOL §4.2)
+ *   3. the next task's STARTED, when tracked
+ *   4. the next task's early ack (Celery acks when the pool accepts the job;
+ *      the ack and the child's STARTED come from two processes, in either
+ *      order, §4.2)
+ *   5. a fetch refilling the prefetch room the next task freed (the same
+ *      script and reservation as the consumer's fetch, consumer.c), so a
+ *      busy worker needs no separate fetch round trip
+ *
+ * Redis runs them in that order, so every ordering the protocol promises
+ * holds: a result before its late ack, STARTED before the task runs (the
+ * replies are read before it starts) and before its SUCCESS. A result waits
+ * for this only while the slot takes its next job from the ready queue
+ * (no I/O); with no job ready it is written at once (outcome_write).
+ *
+ * Pipelining needs broker and backend on one live connection. Otherwise,
+ * and for whatever a lost connection left unconfirmed, the same steps run
+ * one by one. Nothing is ever left queued on a connection between calls. */
+
+static backend_result started_result(const worker *w, const job *j)
+{
+    return (backend_result){.task_id = j->msg.id, .status = BACKEND_STARTED,
+                            .pid = w->pid, .hostname = w->hostname,
+                            .parent_id = j->msg.parent_id, .group_id = j->msg.group};
+}
+
+/* The next job's start, one step at a time (no pipelining possible). */
+static void start_unpipelined(slot *s, job *j, int started, int ack)
+{
+    worker *w = s->w;
+    if (ack && s->broker) job_ack(s->broker, w, j);
+    if (started) {
+        char err[256] = "no connection to the result backend";
+        backend_result r = started_result(w, j);
+        if (!s->backend || backend_store(s->backend, &r, w->cfg->result_expires, err,
+                                         sizeof err) < 0)
+            log_error("Could not store STARTED for %s[%s]: %s", j->msg.task, j->msg.id, err);
+    }
+}
+
+/* round_trip's settling of the next job's early ack and STARTED. */
+static void round_trip_started(slot *s, job *next, int next_ack, int nack_rc,
+                               const char *nack_err, int lost, const backend_result *sr, int src,
+                               char *serr, size_t serrlen)
+{
+    worker *w = s->w;
+    if (next_ack) {
+        if (nack_rc == 0 || !lost) job_ack_settled(next, nack_rc, nack_err);
+        else if (s->broker) job_ack(s->broker, w, next);
+    }
+    if (sr) {
+        if (src == BACKEND_STORE_AGAIN || src == STORE_NOT_WRITTEN) {
+            src = s->backend ? backend_store(s->backend, sr, w->cfg->result_expires, serr,
+                                             serrlen) : -1;
+            if (!s->backend) snprintf(serr, serrlen, "no connection to the result backend");
+        }
+        if (src < 0)
+            log_error("Could not store STARTED for %s[%s]: %s", next->msg.task, next->msg.id, serr);
+    }
+}
+
+/* Write prev's outcome (may be NULL) and start next (may be NULL): STARTED
+ * when `started`, early ack when `ack`; fetch up to `fetch` messages (the
+ * room the caller reserved, consumer_reserve_fetch_locked; 0 = none).
+ * Releases prev and the reservation. */
+static void round_trip(slot *s, pending_outcome *prev, job *next, int started, int ack,
+                       int fetch)
+{
+    worker *w = s->w;
+    int prev_store = prev && !prev->j->settings.ignore_result;
+    int prev_ack = prev && prev->ack && !prev->j->acked;
+    int next_ack = next && ack && !next->acked;
+    int next_started = next && started;
+    char perr[256] = "", serr[256] = "", pack_err[256] = "", nack_err[256] = "";
+    int prc = STORE_NOT_WRITTEN, src = STORE_NOT_WRITTEN, pack_rc = -1, nack_rc = -1;
+    int piped = 0, lost = 0, fetch_queued = 0;
+    char ferr[256] = "";
+    transport_fetch_call fc;
+    fetched_message *msgs = NULL;
+    size_t n_msgs = 0;
+    redisContext *ctx = s->broker;
+    backend_result sr;
+    if (next_started) sr = started_result(w, next);
+
+    if (ctx && ctx == s->backend && !ctx->err
+        && (prev_store || prev_ack || next_started || next_ack || fetch > 0)
+        && backend_store_prepare(ctx, perr, sizeof perr) == 0
+        && (fetch <= 0 || transport_fetch_prepare(ctx, ferr, sizeof ferr) == 0)) {
+        /* Queue all, then read all: the first read sends the lot. With the
+         * script loaded (prepare), queueing does no I/O and fails only on
+         * out-of-memory, which hiredis reports in ctx->err. */
+        int64_t ex = w->cfg->result_expires;
+        if (prev_store) backend_store_append(ctx, &prev->r, ex, perr, sizeof perr);
+        if (prev_ack)
+            transport_ack_append(ctx, &w->topts, (const char *[]){prev->j->msg.delivery_tag}, 1);
+        if (next_started) backend_store_append(ctx, &sr, ex, serr, sizeof serr);
+        if (next_ack)
+            transport_ack_append(ctx, &w->topts, (const char *[]){next->msg.delivery_tag}, 1);
+        if (fetch > 0 && !ctx->err) {
+            /* Queued last (transport.h). */
+            pthread_mutex_lock(&w->queues_lock);
+            fetch_queued = w->queues.n > 0 && transport_fetch_append(ctx, &w->topts, &w->queues,
+                                                                     fetch, &fc, ferr,
+                                                                     sizeof ferr) == 0;
+            pthread_mutex_unlock(&w->queues_lock);
+        }
+        if (!ctx->err) {
+            piped = 1;
+            if (prev_store) prc = backend_store_finish(ctx, prev->r.task_id, perr, sizeof perr);
+            if (prev_ack && !ctx->err)
+                pack_rc = transport_ack_finish(ctx, 1, pack_err, sizeof pack_err);
+            if (next_started && !ctx->err)
+                src = backend_store_finish(ctx, next->msg.id, serr, sizeof serr);
+            if (next_ack && !ctx->err)
+                nack_rc = transport_ack_finish(ctx, 1, nack_err, sizeof nack_err);
+        }
+        if (fetch_queued) {
+            /* A failed fetch hands its room back to the consumer, whose own
+             * fetch meets the same error and reports it (at most once a
+             * minute, e.g. a queue key holding a non-list). On a lost
+             * connection, popped messages whose reply is lost are in
+             * unacked (restore_visible). */
+            transport_fetch_finish(ctx, &w->topts, &w->queues, &w->queues_lock, &fc, &msgs,
+                                   &n_msgs, ferr, sizeof ferr);
+        }
+    }
+    if (ctx && ctx->err) {
+        /* Lost mid-way: whatever has no reply is redone, one step at a
+         * time, on a fresh connection (all of it is idempotent). */
+        lost = 1;
+        if (prc == -1) prc = STORE_NOT_WRITTEN;
+        if (src == -1) src = STORE_NOT_WRITTEN;
+        slot_connect(s);
+    }
+
+    if (prev) {
+        if (piped && prev_ack && pack_rc == 0) job_ack_settled(prev->j, 0, "");
+        else if (piped && prev_ack && !lost) job_ack_settled(prev->j, pack_rc, pack_err);
+        /* An unconfirmed store is written (and retried) in outcome_complete,
+         * and an unconfirmed late ack follows the events there. */
+        outcome_complete(s, prev, prc, perr, sizeof perr);
+    }
+    if (next && !piped) start_unpipelined(s, next, next_started, next_ack);
+    if (next && piped) round_trip_started(s, next, next_ack, nack_rc, nack_err, lost,
+                                          next_started ? &sr : NULL, src, serr, sizeof serr);
+    /* The fetched messages go where the consumer's go; no fetch, no
+     * messages: the reservation returns to the consumer. */
+    if (fetch > 0) consumer_fetched(w, s->broker, fetch, msgs, n_msgs);
+}
+
+/* Write an outcome now, alone (no next job to carry it). */
+static void outcome_write(slot *s, pending_outcome **po)
+{
+    if (!*po) return;
+    round_trip(s, *po, NULL, 0, 0, 0);
+    *po = NULL;
 }
 
 /* ---- Running one job ---------------------------------------------------- */
 
 /* Rate limit (control `rate_limit` or task_annotations): wait for the task's
- * turn. A shutdown during the wait hands the message back unstarted and
- * returns -1. */
-static int wait_rate_limit(slot *s, job *j)
+ * turn. *prev (the last task's outcome) is written first and the fetch
+ * reservation *fetch released: a wait must hold back neither a result nor
+ * the consumer. A shutdown during the wait hands the message back
+ * unstarted and returns -1. */
+static int wait_rate_limit(slot *s, job *j, pending_outcome **prev, int *fetch)
 {
     worker *w = s->w;
     int64_t wait = remote_rate_limit_delay(w->remote, j->msg.task);
     if (wait <= 0) return 0;
+    consumer_release_fetch(w, *fetch);
+    *fetch = 0;
+    outcome_write(s, prev);
     int64_t until = time_now_us() + wait;
     while (!atomic_load(&w->stopping)) {
         int64_t left = until - time_now_us();
@@ -304,56 +499,48 @@ static int wait_rate_limit(slot *s, job *j)
     return -1;
 }
 
-static void run_job(slot *s, job *j)
+/* Run j. prev, the slot's last outcome not yet written (or NULL), is
+ * written in j's first round trip, or first thing when j does not start;
+ * so is the fetch of the `fetch` messages of prefetch room reserved for it
+ * (released unused when j does not start). Returns j's outcome for the next
+ * round trip, or NULL when j was settled here (discarded, handed back,
+ * terminated, abandoned). */
+static pending_outcome *run_job(slot *s, job *j, pending_outcome *prev, int fetch)
 {
     worker *w = s->w;
     if (slot_connect(s) != 0) {
+        consumer_release_fetch(w, fetch);
         /* Without a broker connection nothing can be acked or stored: hand
          * the job back through the unacked bookkeeping (restore_visible). */
+        outcome_write(s, &prev);
         log_error("Slot-%d has no Redis connection; %s[%s] stays unacked and will be "
                   "restored after the visibility timeout", s->index + 1, j->msg.task, j->msg.id);
-        return;
+        return NULL;
     }
     if (j->msg.expires_us && j->msg.expires_us <= time_now_us()) {
+        consumer_release_fetch(w, fetch);
+        outcome_write(s, &prev);
         log_info("Discarding expired task %s[%s]", j->msg.task, j->msg.id);
         job_store_revoked(s->broker == s->backend ? s->broker : s->backend, w, j, "expired");
         remote_task_revoked(w->remote, j, 0, 1);
         job_ack(s->broker, w, j);
-        return;
+        return NULL;
     }
     /* Revoked while reserved or ETA-held: checked again before execution
      * (PROTOCOL §12.1). */
     if (remote_is_revoked(w->remote, j->msg.id)) {
+        consumer_release_fetch(w, fetch);
+        outcome_write(s, &prev);
         log_info("Discarding revoked task: %s[%s]", j->msg.task, j->msg.id);
         job_store_revoked(s->backend, w, j, "revoked");
         remote_task_revoked(w->remote, j, 0, 0);
         job_ack(s->broker, w, j);
-        return;
+        return NULL;
     }
-    if (wait_rate_limit(s, j) != 0) return;
-    int ack_early = !j->settings.acks_late;
-    if (w->cfg->task_track_started && !j->settings.ignore_result) {
-        backend_result r = {.task_id = j->msg.id, .status = BACKEND_STARTED,
-                            .pid = getpid(), .hostname = w->hostname,
-                            .parent_id = j->msg.parent_id, .group_id = j->msg.group};
-        char err[256];
-        int rc;
-        if (ack_early && can_pipeline(s, j)) {
-            /* Early ack and STARTED in one round trip. Celery sends them
-             * from two processes, in either order (PROTOCOL §4.2). */
-            char ack_err[256];
-            int ack_rc;
-            rc = store_then_ack(s, j, &r, err, sizeof err, &ack_rc, ack_err, sizeof ack_err);
-            job_ack_settled(j, ack_rc, ack_err);
-        } else {
-            if (ack_early) job_ack(s->broker, w, j);
-            rc = backend_store(s->backend, &r, w->cfg->result_expires, err, sizeof err);
-        }
-        if (rc < 0)
-            log_error("Could not store STARTED for %s[%s]: %s", j->msg.task, j->msg.id, err);
-    } else if (ack_early) {
-        job_ack(s->broker, w, j);
-    }
+    if (wait_rate_limit(s, j, &prev, &fetch) != 0) return NULL;
+    /* prev's result, j's STARTED and early ack, the refill: one round trip. */
+    round_trip(s, prev, j, w->cfg->task_track_started && !j->settings.ignore_result,
+               !j->settings.acks_late, fetch);
 
     task_context ctx = {
         .id = j->msg.id, .name = j->msg.task, .args = j->msg.args, .kwargs = j->msg.kwargs,
@@ -378,6 +565,7 @@ static void run_job(slot *s, job *j)
     int64_t abandoned_us = s->abandoned_us;
     if (!abandoned) s->finishing = 1;
     pthread_mutex_unlock(&w->lock);
+    pending_outcome *po = NULL;
     if (!abandoned && atomic_load(&s->cancel) == TASK_CANCEL_SHUTDOWN && j->settings.acks_late) {
         /* Cold shutdown stopped an acks_late task: its message was never
          * acked, so hand it back for another worker instead of failing it. */
@@ -398,13 +586,14 @@ static void run_job(slot *s, job *j)
         remote_task_revoked(w->remote, j, 1, 0);
         job_ack(s->broker, w, j);
     } else if (!abandoned) {
-        store_outcome(s, j, &out, runtime, j->settings.acks_late);
+        po = outcome_prepare(s, j, &out, runtime, j->settings.acks_late);
     } else {
         log_warning("Task %s[%s] returned %.1fs after its hard time limit; its outcome is "
                     "discarded (FAILURE TimeLimitExceeded was already stored)",
                     j->msg.task, j->msg.id, (double)(time_now_us() - abandoned_us) / USEC_PER_SEC);
     }
     task_outcome_free(&out);
+    return po;
 }
 
 /* ---- Slot thread ------------------------------------------------------------ */
@@ -418,6 +607,10 @@ static job *take_job_locked(worker *w)
     return j;
 }
 
+/* The loop: take a job, run it, and keep its outcome for the round trip
+ * that starts the next job (see "Round trips"). When no job is ready, or
+ * the slot stops, the outcome is written before the slot waits or leaves,
+ * so a result never waits on an idle queue. */
 static void *slot_main(void *arg)
 {
     slot *s = arg;
@@ -426,9 +619,16 @@ static void *slot_main(void *arg)
     snprintf(name, sizeof name, "Slot-%d", s->index + 1);
     log_set_thread_name(name);
     slot_connect(s);
+    pending_outcome *prev = NULL;   /* the current job's outcome, unwritten */
 
     pthread_mutex_lock(&w->lock);
     for (;;) {
+        if (prev && (!w->ready_head || atomic_load(&w->stopping) || s->retire)) {
+            pthread_mutex_unlock(&w->lock);
+            outcome_write(s, &prev);   /* the slot goes idle (job_finished) */
+            pthread_mutex_lock(&w->lock);
+            continue;
+        }
         while (!w->ready_head && !atomic_load(&w->stopping) && !s->retire)
             pthread_cond_wait(&w->work_ready, &w->lock);
         /* Warm shutdown starts nothing new: reserved jobs are handed back. */
@@ -447,24 +647,30 @@ static void *slot_main(void *arg)
         s->abandoned = 0;
         atomic_store(&s->cancel, TASK_RUN);
         if (j->settings.acks_late) w->n_late_active++;
-        pthread_cond_signal(&w->room);
+        /* The room this take freed is refilled by j's round trip: reserved
+         * now, under the lock, so the consumer does not race for it. */
+        int fetch = consumer_reserve_fetch_locked(w);
         pthread_mutex_unlock(&w->lock);
 
-        run_job(s, j);
+        prev = run_job(s, j, prev, fetch);
 
         pthread_mutex_lock(&w->lock);
         if (s->zombie) {
-            /* Replaced while stuck: the pool no longer counts this slot. */
+            /* Replaced while stuck: the pool no longer counts this slot
+             * (an abandoned job has no outcome to write). */
             pthread_mutex_unlock(&w->lock);
             job_free(j);
             slot_free(s);
             return NULL;
         }
-        if (j->settings.acks_late) w->n_late_active--;
-        w->stats.processed++;
+        if (prev) continue;   /* j stays current, finishing, until its outcome is written */
         s->current = NULL;
         s->status = SLOT_IDLE;
-        pthread_cond_signal(&w->room);
+        w->stats.processed++;
+        if (j->settings.acks_late) {
+            w->n_late_active--;
+            consumer_room_signal_locked(w);
+        }
         job_free(j);
     }
     s->exited = 1;   /* reaped by the main thread when retired (pool_resize) */
@@ -476,6 +682,7 @@ static void *slot_main(void *arg)
 
 int pool_start(worker *w, char *err, size_t errlen)
 {
+    w->pid = getpid();
     w->slots = xcalloc((size_t)w->n_slots, sizeof *w->slots);
     for (int i = 0; i < w->n_slots; i++) {
         w->slots[i] = slot_new(w, i);

@@ -8,7 +8,8 @@
  *   - main:      signals, timers (ETA, time limits, restore_visible), shutdown.
  *   - consumer:  fetches messages (transport_fetch), decides what each is, and
  *                queues jobs for the pool or holds them until their ETA.
- *   - slot 0..N: run jobs, store results, ack.
+ *   - slot 0..N: run jobs, store results, ack; a busy slot also fetches
+ *                (in its round trip, pool.c) and dispatches what it got.
  * Every field below marked "lock" is guarded by worker.lock. */
 #ifndef PTEL_WORKER_STATE_H
 #define PTEL_WORKER_STATE_H
@@ -101,6 +102,7 @@ typedef struct worker {
     job **eta;                    /* lock: ETA-held jobs, sorted by eta */
     size_t n_eta, cap_eta;        /* lock */
     size_t n_late_active;         /* lock: acks_late jobs running (still unacked) */
+    size_t n_fetching;            /* lock: prefetch room reserved by fetches in flight */
     slot **slots;                 /* lock */
     int n_slots;
     worker_stats stats;
@@ -113,6 +115,8 @@ typedef struct worker {
     redisContext *main_broker;    /* main thread's connection (timers, shutdown) */
     redisContext *main_backend;
     int64_t started_us;
+    long long pid;                /* getpid() once at pool_start: STARTED's pid, retry origins
+                                     (a syscall per task otherwise); read-only after */
     struct remote_state *remote;  /* events, remote control, revoked set; NULL = off */
 } worker;
 
@@ -123,6 +127,18 @@ void consumer_release_due(worker *w, int64_t now_us);
  * task="<task>"[,state="<state>"]. */
 void task_metric(const char *task, const char *metric, const char *state, double v);
 size_t worker_prefetch_limit(const worker *w);
+/* Reserve all free prefetch room for a fetch about to be sent (w->lock
+ * held; 0 when none, or when stopping). Every reservation ends in
+ * consumer_fetched or consumer_release_fetch. */
+int consumer_reserve_fetch_locked(worker *w);
+void consumer_release_fetch(worker *w, int reserved);
+/* Wake the consumer if there is prefetch room (lock held). Only call it
+ * where room may have opened: a wake per task costs a futex round. */
+void consumer_room_signal_locked(worker *w);
+/* Dispatch n fetched messages (ready queue, ETA list, or settled on ctx),
+ * free them, and release the reservation. Returns how many were unknown
+ * tasks handed back. */
+int consumer_fetched(worker *w, redisContext *ctx, int reserved, fetched_message *msgs, size_t n);
 
 /* pool.c */
 int pool_start(worker *w, char *err, size_t errlen);

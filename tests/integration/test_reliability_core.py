@@ -325,6 +325,38 @@ def test_kill_right_after_the_pop_loses_nothing(clean_redis, worker, celery_app)
     wait_for(lambda: settled(clean_redis), 10, desc="queue and unacked empty")
 
 
+def test_kill_under_load_acks_late_loses_nothing(clean_redis, worker):
+    """A slot writes a task's result, its late ack, the next task's STARTED
+    and ack, and a fetch in one pipelined round trip (worker/pool.c). kill -9
+    in the middle of a stream of acks_late tasks: every task is then either
+    SUCCESS-stored or still a message (queue or unacked), never acked
+    without its result; a second worker restores and runs the rest."""
+    ids = push_pings(clean_redis, 3000)
+    w = worker("-c", "2", "--prefetch-multiplier", "1", task_acks_late=True,
+               task_track_started=True)
+
+    def n_success():
+        values = clean_redis.mget([f"celery-task-meta-{t}" for t in ids])
+        return sum(1 for v in values if v is not None and json.loads(v)["status"] == "SUCCESS")
+    wait_for(lambda: n_success() >= 300, 30, interval=0.005, desc="300 tasks done")
+    w.proc.kill()
+    assert w.wait() == -signal.SIGKILL
+    queued = {json.loads(m)["headers"]["id"] for m in clean_redis.lrange("ingest", 0, -1)}
+    unacked = {json.loads(v)[0]["headers"]["id"] for v in clean_redis.hvals("unacked")}
+    assert set(clean_redis.zrange("unacked_index", 0, -1)) == set(clean_redis.hkeys("unacked"))
+    values = clean_redis.mget([f"celery-task-meta-{t}" for t in ids])
+    done = {t for t, v in zip(ids, values) if v and json.loads(v)["status"] == "SUCCESS"}
+    lost = set(ids) - done - queued - unacked
+    assert not lost, f"{len(lost)} task(s) acked without a stored result: {sorted(lost)[:5]}"
+    assert 0 < len(unacked) <= 3, unacked   # the prefetch limit, plus a fetch in flight
+    assert len(done) < len(ids), "the kill came too late to test anything"
+    wait_visibility_passed(clean_redis)
+    c = worker("-c", "2", broker_transport_options={"visibility_timeout": VT})
+    wait_all_success(clean_redis, ids, 120)
+    wait_for(lambda: settled(clean_redis), 10, desc="queue and unacked empty")
+    assert set(ids_in_log(c.log(), "succeeded")) >= unacked - done
+
+
 # ---- 7. no leaks, flat RSS ----------------------------------------------------------------
 
 # ASan keeps freed memory in a quarantine (256 MB by default) that would look
