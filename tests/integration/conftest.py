@@ -12,12 +12,25 @@ Fixtures:
   worker_bin            $PTEL_WORKER_BIN; skips the test while it is not built
   worker                factory: start `ptel-worker worker` with a celeryconfig
   ptel_cli              run a one-shot subcommand (version, schema, drain, ...)
+  worker_command        argv for a test that starts the binary itself
   celery_app            a Python Celery client on the test Redis, queue ingest
   python_worker         factory: a real Python Celery worker running pyapp/
 Logs of every process a test started are attached to its failure report.
+
+Running the worker under a wrapper (tests/valgrind/run does this):
+  PTEL_WORKER_WRAPPER   command put in front of every ptel-worker the tests
+                        start, e.g. "valgrind --log-file={log} ..."; {log} is
+                        replaced by a per-process path in the test's tmp dir,
+                        and a valgrind "ERROR SUMMARY" above 0 in that file
+                        fails the test (like a sanitizer report does)
+  PTEL_TIMEOUT_SCALE    multiplier for the waits on the worker: ready and
+                        stop timeouts, wait_for(), ptel_cli's timeout and
+                        AsyncResult.get(timeout=...) (default 1)
+Unset, both leave every test exactly as it is.
 """
 
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -34,8 +47,11 @@ from helpers import (  # noqa: E402
     env_without,
     pid_alive,
     pid_cmdline,
+    scaled,
     tail,
+    timeout_scale,
     wait_for,
+    wrapper_argv,
     write_celeryconfig,
 )
 
@@ -46,6 +62,9 @@ PY = "/usr/bin/python3"
 OVERRIDE_VARS = ("CELERY_BROKER_URL", "CELERY_RESULT_BACKEND", "REDIS_URL", "CLICKHOUSE_URL")
 SANITIZER_MARKERS = ("ERROR: AddressSanitizer", "ERROR: LeakSanitizer", "runtime error:")
 STOP_TIMEOUT = 10.0
+# valgrind's last line per process; a count above 0 is a finding (with
+# --errors-for-leak-kinds=definite, definite leaks are counted here too).
+VALGRIND_SUMMARY = re.compile(r"^==\d+== ERROR SUMMARY: (\d+) errors", re.M)
 
 
 # ---- reporting ------------------------------------------------------------------
@@ -273,16 +292,17 @@ class ManagedProcess:
         self.proc.send_signal(sig)
 
     def wait(self, timeout=STOP_TIMEOUT):
-        return self.proc.wait(timeout=timeout)
+        return self.proc.wait(timeout=scaled(timeout))
 
     def stop(self, sig=signal.SIGTERM, timeout=STOP_TIMEOUT):
-        """sig, wait up to timeout, then SIGKILL. Returns the exit status."""
+        """sig, wait up to timeout (times PTEL_TIMEOUT_SCALE), then SIGKILL.
+        Returns the exit status."""
         if self.proc is None:
             return None
         if self.alive():
             self.proc.send_signal(sig)
             try:
-                self.proc.wait(timeout=timeout)
+                self.proc.wait(timeout=scaled(timeout))
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait()
@@ -295,6 +315,74 @@ class ManagedProcess:
             if i >= 0:
                 return text[max(0, i - 200):i + 4000]
         return None
+
+
+# ---- wrapper (valgrind) ---------------------------------------------------------
+
+if timeout_scale() != 1:
+    # Tests wait for task results with AsyncResult.get(timeout=N) in many
+    # places; stretching N here keeps them unchanged (the wrapped worker is
+    # the slow part, not Celery).
+    import celery.result
+
+    _celery_get = celery.result.AsyncResult.get
+
+    def _scaled_get(self, timeout=None, *args, **kw):
+        return _celery_get(self, None if timeout is None else scaled(timeout), *args, **kw)
+
+    celery.result.AsyncResult.get = _scaled_get
+
+
+def wrapper_report(path):
+    """The valgrind log at path, shortened, when its ERROR SUMMARY counts
+    errors; None when it has none (or no summary: the process was killed)."""
+    try:
+        text = Path(path).read_text(errors="replace")
+    except OSError:
+        return None
+    if not any(int(m.group(1)) > 0 for m in VALGRIND_SUMMARY.finditer(text)):
+        return None
+    if len(text) <= 10000:
+        return text
+    return text[:8000] + "\n[...]\n" + text[-2000:]
+
+
+@pytest.fixture
+def _wrapper_logs(request, tmp_path):
+    """wrap(argv, name) -> argv under PTEL_WORKER_WRAPPER (argv itself when
+    unset). Each wrapped process's {log} is a file in tmp_path; at teardown
+    (after the worker and ptel_cli fixtures have stopped their processes) a
+    valgrind error in any of them fails the test."""
+    logs = []
+    prefix = wrapper_argv()
+
+    def wrap(argv, name):
+        if not prefix:
+            return [str(a) for a in argv]
+        log = tmp_path / f"{name}.wrapper.log"   # names are unique per test
+        logs.append((name, log))
+        _register_log(request, f"wrapper of {name}", log)
+        return [w.replace("{log}", str(log)) for w in prefix] + [str(a) for a in argv]
+
+    yield wrap
+
+    reports = [f"{name} ({path}):\n{r}" for name, path in logs
+               if (r := wrapper_report(path)) is not None]
+    if reports and not _test_failed(request):
+        pytest.fail("valgrind reported errors:\n" + "\n".join(reports))
+
+
+@pytest.fixture
+def worker_command(worker_bin, _wrapper_logs):
+    """worker_command(*args, name="ptel-worker-cmd") -> argv that runs
+    ptel-worker with args (under PTEL_WORKER_WRAPPER when set), for tests
+    that start the binary with subprocess themselves."""
+    count = [0]
+
+    def make(*args, name="ptel-worker-cmd"):
+        count[0] += 1
+        return _wrapper_logs([worker_bin, *args], f"{name}{count[0]}")
+    return make
 
 
 @pytest.fixture(scope="session")
@@ -341,21 +429,22 @@ def worker_config(tmp_path, redis_url):
 
 
 @pytest.fixture
-def worker(request, tmp_path, worker_bin, redis_url, worker_config):
+def worker(request, tmp_path, worker_bin, redis_url, worker_config, _wrapper_logs):
     """Factory: worker(*extra_args, env=None, wait_ready=True, ready_timeout=10,
     loglevel="info", omit=(), allow_sanitizer_reports=False, **settings).
 
     Writes a celeryconfig, starts `ptel-worker worker --config FILE -l info
     [extra args]` and waits for the " ready." line. At teardown each worker
     gets SIGTERM, then SIGKILL after 10 s; a sanitizer report in its log
-    fails the test."""
+    fails the test. Timeouts are multiplied by PTEL_TIMEOUT_SCALE."""
     started = []
 
     def start(*args, env=None, wait_ready=True, ready_timeout=10.0, loglevel="info",
               omit=(), allow_sanitizer_reports=False, **settings):
         n = len(started) + 1
         config = worker_config(omit=omit, **settings)
-        argv = [worker_bin, "worker", "--config", config, "-l", loglevel, *args]
+        argv = _wrapper_logs([worker_bin, "worker", "--config", config, "-l", loglevel, *args],
+                             f"ptel-worker{n}")
         title = f"ptel-worker #{n}"
         proc = ManagedProcess(title, argv, tmp_path / f"ptel-worker{n}.log",
                               _worker_env(redis_url, env), tmp_path)
@@ -381,16 +470,21 @@ def worker(request, tmp_path, worker_bin, redis_url, worker_config):
 
 
 @pytest.fixture
-def ptel_cli(tmp_path, worker_bin, redis_url, worker_config):
+def ptel_cli(tmp_path, worker_bin, redis_url, worker_config, _wrapper_logs):
     """ptel_cli(*args, config=True, env=None, timeout=60, input=None, **settings)
     -> CompletedProcess (text). With config=True (the default) a generated
-    celeryconfig is passed as a trailing `--config FILE`."""
+    celeryconfig is passed as a trailing `--config FILE`. timeout is
+    multiplied by PTEL_TIMEOUT_SCALE."""
+    count = [0]
+
     def run(*args, config=True, env=None, timeout=60.0, input=None, omit=(), **settings):
         argv = [str(worker_bin), *map(str, args)]
         if config:
             path = worker_config(omit=omit, **settings)
             argv += ["--config", str(path)]
-        return subprocess.run(argv, capture_output=True, text=True, timeout=timeout,
+        count[0] += 1
+        argv = _wrapper_logs(argv, f"ptel-cli{count[0]}")
+        return subprocess.run(argv, capture_output=True, text=True, timeout=scaled(timeout),
                               input=input, env=_worker_env(redis_url, env), cwd=tmp_path)
     return run
 

@@ -6,6 +6,7 @@ with /usr/bin/python3. Nothing here starts services; conftest.py does.
 
 import base64
 import os
+import shlex
 import socket
 import time
 import urllib.error
@@ -13,12 +14,38 @@ import urllib.parse
 import urllib.request
 
 
+def timeout_scale():
+    """PTEL_TIMEOUT_SCALE (default 1): how much slower than usual the worker
+    under test runs, e.g. 5 under valgrind (tests/valgrind/run)."""
+    try:
+        scale = float(os.environ.get("PTEL_TIMEOUT_SCALE") or 1)
+    except ValueError:
+        raise ValueError("PTEL_TIMEOUT_SCALE must be a number") from None
+    return max(scale, 1.0)
+
+
+def scaled(seconds):
+    """seconds stretched by timeout_scale(); unchanged when it is 1."""
+    return seconds * timeout_scale()
+
+
+def wrapper_argv():
+    """PTEL_WORKER_WRAPPER split into argv words ([] when unset): a command
+    every ptel-worker process of the tests is started under, e.g.
+    "valgrind --log-file={log} ..."; {log} stands for a per-process log path
+    that conftest.py fills in and checks."""
+    return shlex.split(os.environ.get("PTEL_WORKER_WRAPPER") or "")
+
+
 def wait_for(cond, timeout=10.0, interval=0.05, desc=None):
     """Call cond() until it returns something truthy; return that value.
 
-    Raises TimeoutError naming desc (or cond) after timeout seconds. An
+    Raises TimeoutError naming desc (or cond) after timeout seconds (times
+    PTEL_TIMEOUT_SCALE: every wait here is an upper bound on something the
+    worker does, so a slowed-down worker gets proportionally longer). An
     exception raised by cond() counts as "not yet" and is shown on timeout.
     """
+    timeout = scaled(timeout)
     deadline = time.monotonic() + timeout
     last_exc = None
     while True:

@@ -189,7 +189,7 @@ def test_two_c_workers_drain_the_same_streams_exactly_once(producer, ch_db, work
 
 
 def test_two_drain_commands_at_once_store_each_event_once(producer, ch_db, ptel_cli, worker_config,
-                                                          worker_bin, redis_url, tmp_path):
+                                                          worker_command, redis_url, tmp_path):
     """Two `ptel-worker drain` processes on one box at the same time (an
     operator catching up while another is running)."""
     ch_db.create_strict_table()
@@ -200,8 +200,8 @@ def test_two_drain_commands_at_once_store_each_event_once(producer, ch_db, ptel_
     t0 = time.time()
     for i in range(2):
         out = open(tmp_path / f"drain{i}.out", "w+")
-        procs.append((subprocess.Popen([str(worker_bin), "drain", "--until-empty", "--json",
-                                        "--config", str(config)], stdout=out,
+        procs.append((subprocess.Popen(worker_command("drain", "--until-empty", "--json",
+                                                      "--config", config), stdout=out,
                                        stderr=subprocess.STDOUT, cwd=tmp_path), out))
         time.sleep(0.3)   # let the first one get going: the second joins mid-drain
     results = []
@@ -469,7 +469,7 @@ class Forwarder:
 
 
 def test_entries_left_over_from_a_read_are_rechecked_after_a_long_flush(
-        producer, ch_db, ptel_cli, worker_config, worker_bin, tmp_path):
+        producer, ch_db, ptel_cli, worker_config, worker_command, tmp_path):
     """One read delivers two entries (two streams); the first fills a batch whose insert
     waits out an outage longer than telemetry_reclaim_idle_ms, so the second
     entry, not yet in a batch, goes idle and another consumer takes it over
@@ -488,8 +488,8 @@ def test_entries_left_over_from_a_read_are_rechecked_after_a_long_flush(
                     clickhouse_connect_timeout=1, clickhouse_timeout=3)
     config = worker_config(clickhouse_url=proxied, **settings)
     out = open(tmp_path / "first.out", "w+")
-    first = subprocess.Popen([str(worker_bin), "drain", "--until-empty", "--json", "--config",
-                              str(config)], stdout=out, stderr=subprocess.STDOUT, cwd=tmp_path)
+    first = subprocess.Popen(worker_command("drain", "--until-empty", "--json", "--config", config),
+                             stdout=out, stderr=subprocess.STDOUT, cwd=tmp_path)
     try:
         wait_for(lambda: tg.pending_total(producer.r, streams) == 2, 20,
                  desc="the first drain read both entries")

@@ -164,7 +164,7 @@ def test_credentials_never_logged_when_rejected(redis_url, worker, clickhouse_ur
     _scan(w2, "the worker log (ClickHouse / telemetry Redis refusing)")
 
 
-def test_credentials_not_in_version_help_or_crash_output(worker_bin, tmp_path, secret_redis):
+def test_credentials_not_in_version_help_or_crash_output(worker_command, tmp_path, secret_redis):
     import celery
     url = f"redis://:{SECRET}@127.0.0.1:{secret_redis}/0"
     env = dict(os.environ, CELERY_BROKER_URL=url, CELERY_RESULT_BACKEND=url, REDIS_URL=url,
@@ -172,12 +172,12 @@ def test_credentials_not_in_version_help_or_crash_output(worker_bin, tmp_path, s
                ASAN_OPTIONS="detect_leaks=0")
     for argv in (["version"], ["--help"], ["worker", "--help"], ["drain", "--help"],
                  ["dlq", "--help"], ["schema", "--help"], ["--version"]):
-        p = subprocess.run([str(worker_bin), *argv], capture_output=True, text=True, env=env,
+        p = subprocess.run(worker_command(*argv), capture_output=True, text=True, env=env,
                            timeout=30, cwd=tmp_path)
         assert_no_secret(p.stdout + p.stderr, f"ptel-worker {' '.join(argv)}")
     # Crash output: the test hook _exit(137)s right after a pop.
     env["PTEL_TEST_CRASH_AFTER_POP"] = "1"
-    p = subprocess.Popen([str(worker_bin), "worker", "-c", "1"], stdout=subprocess.PIPE,
+    p = subprocess.Popen(worker_command("worker", "-c", "1"), stdout=subprocess.PIPE,
                          stderr=subprocess.STDOUT, env=env, cwd=tmp_path, text=True)
     app = celery.Celery("sec", broker=url, backend=url)
     try:
