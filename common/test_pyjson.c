@@ -403,12 +403,12 @@ START_TEST(test_equal_follows_python_equality)
 }
 END_TEST
 
-/* ---- speed ---- */
+/* ---- big inputs ----
+ * Correctness at size. No timing here (speed is bench/micro's); a quadratic
+ * path would blow the test case's timeout (tcase_set_timeout below). */
 
-START_TEST(test_dump_large_array_of_small_objects_is_linear)
+START_TEST(test_dump_large_array_of_small_objects_round_trips)
 {
-    /* 200,000 events, dumped sorted+compact: quadratic behaviour would take
-     * minutes; linear takes well under a second even under ASan. */
     pj_value *arr = pj_new_array();
     for (int i = 0; i < 200000; i++) {
         pj_value *o = pj_new_object();
@@ -417,38 +417,34 @@ START_TEST(test_dump_large_array_of_small_objects_is_linear)
         pj_object_set(o, "ratio", pj_new_float(i / 7.0));
         pj_array_append(arr, o);
     }
-    clock_t t0 = clock();
     buf b = BUF_INIT;
     pj_dump(&b, arr, PJ_DUMP_COMPACT | PJ_DUMP_SORT_KEYS);
-    double secs = (double)(clock() - t0) / CLOCKS_PER_SEC;
     ck_assert_uint_gt(b.len, 200000 * 30);
     ck_assert_int_eq(memcmp(b.data, "[{\"id\":0,\"name\":\"page_viewed\",\"ratio\":0.0},", 43), 0);
     /* parse it back: a big array and many small objects */
     pj_value *back = pj_parse(b.data, b.len, NULL);
     ck_assert_ptr_nonnull(back);
     ck_assert_uint_eq(back->u.array.len, 200000);
-    secs = (double)(clock() - t0) / CLOCKS_PER_SEC;
-    ck_assert_msg(secs < 20.0, "dump+parse took %.1f s", secs);
+    ck_assert_uint_eq(back->u.array.items[199999]->u.object.len, 3);
+    ck_assert_str_eq(back->u.array.items[199999]->u.object.members[0].key.ptr, "id");
+    ck_assert_ptr_nonnull(strstr(b.data + b.len - 80, "{\"id\":199999,\"name\":\"page_viewed\",\"ratio\":"));
     pj_free(back);
     buf_free(&b);
     pj_free(arr);
 }
 END_TEST
 
-START_TEST(test_parse_large_object_with_duplicates_is_linear)
+START_TEST(test_parse_large_object_with_duplicates_keeps_the_last)
 {
     buf in = BUF_INIT;
     buf_putc(&in, '{');
     for (int i = 0; i < 100000; i++) buf_printf(&in, "%s\"k%d\":%d", i ? "," : "", i, i);
     buf_puts(&in, ",\"k5\":\"last\"}");
-    clock_t t0 = clock();
     pj_value *v = pj_parse(in.data, in.len, NULL);
-    double secs = (double)(clock() - t0) / CLOCKS_PER_SEC;
     ck_assert_ptr_nonnull(v);
     ck_assert_uint_eq(v->u.object.len, 100000);
     ck_assert_str_eq(v->u.object.members[5].key.ptr, "k5");
     ck_assert_str_eq(v->u.object.members[5].value->u.string.ptr, "last");
-    ck_assert_msg(secs < 10.0, "parse took %.1f s", secs);
     pj_free(v);
     buf_free(&in);
 }
@@ -473,8 +469,8 @@ static Suite *pyjson_suite(void)
     tcase_add_test(tc, test_invalid_utf8_in_built_string_becomes_replacement_char);
     tcase_add_test(tc, test_lookups_and_number_accessors);
     tcase_add_test(tc, test_equal_follows_python_equality);
-    tcase_add_test(tc, test_dump_large_array_of_small_objects_is_linear);
-    tcase_add_test(tc, test_parse_large_object_with_duplicates_is_linear);
+    tcase_add_test(tc, test_dump_large_array_of_small_objects_round_trips);
+    tcase_add_test(tc, test_parse_large_object_with_duplicates_keeps_the_last);
     suite_add_tcase(s, tc);
     return s;
 }
