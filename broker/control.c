@@ -18,6 +18,7 @@
 
 #include <uuid/uuid.h>
 
+#include "broker/message.h"
 #include "broker/transport.h"
 #include "common/base64.h"
 #include "common/log.h"
@@ -213,14 +214,7 @@ static void write_envelope(buf *out, const pj_value *body, pj_value *headers, pj
     buf json = BUF_INIT, b64 = BUF_INIT;
     pj_dump(&json, body, 0);
     base64_encode(&b64, json.data, json.len);
-    pj_value *env = pj_new_object();
-    pj_object_set(env, "body", pj_new_stringn(b64.data, b64.len));
-    pj_object_set(env, "content-encoding", pj_new_string("utf-8"));
-    pj_object_set(env, "content-type", pj_new_string("application/json"));
-    pj_object_set(env, "headers", headers);
-    pj_object_set(env, "properties", props);
-    pj_dump(out, env, 0);
-    pj_free(env);
+    message_envelope_json(pj_new_stringn(b64.data, b64.len), headers, props, out);
     buf_free(&json);
     buf_free(&b64);
 }

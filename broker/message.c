@@ -730,7 +730,8 @@ static void put_properties_tail(pj_value *props, const pj_value *expiration, con
     pj_object_set(props, "delivery_tag", pj_new_string(delivery_tag));
 }
 
-static void finish_envelope(pj_value *body_b64, pj_value *headers, pj_value *props, buf *out) {
+void message_envelope_json(pj_value *body_b64, pj_value *headers, pj_value *props, buf *out)
+{
     pj_value *env = pj_new_object();
     pj_object_set(env, "body", body_b64);
     pj_object_set(env, "content-encoding", pj_new_string("utf-8"));
@@ -802,7 +803,7 @@ int message_build_retry(const task_message *orig, int64_t eta_us, const char *or
                         orig->priority, NULL);
     pj_free(expiration);
 
-    finish_envelope(encode_body(orig->args, orig->kwargs, orig->embed), h, p, out);
+    message_envelope_json(encode_body(orig->args, orig->kwargs, orig->embed), h, p, out);
     pj_free(env);
     return 0;
 }
@@ -864,6 +865,6 @@ int message_build_task(const message_new_task *spec, buf *out) {
     put_properties_tail(p, expiration, "", spec->queue, spec->priority, spec->delivery_tag);
     pj_free(expiration);
 
-    finish_envelope(encode_body(spec->args, spec->kwargs, NULL), h, p, out);
+    message_envelope_json(encode_body(spec->args, spec->kwargs, NULL), h, p, out);
     return 0;
 }

@@ -124,4 +124,9 @@ typedef struct message_new_task {
  * args/kwargs have the wrong type. */
 int message_build_task(const message_new_task *spec, buf *out);
 
+/* Appends kombu's envelope around an already base64-encoded JSON body:
+ * {"body", "content-encoding": "utf-8", "content-type": "application/json",
+ * "headers", "properties"}. Takes ownership of the three values. */
+void message_envelope_json(pj_value *body_b64, pj_value *headers, pj_value *props, buf *out);
+
 #endif

@@ -335,24 +335,6 @@ if #out == 0 and bad then\n\
 end\n\
 return out\n", "", 0};
 
-char *transport_priority_key(const transport_options *opts, const char *queue, int priority)
-{
-    /* kombu clamps to 0..9, then takes steps[bisect_right(steps, p) - 1];
-     * a priority below the first step wraps to the last step, which is
-     * Python's steps[-1] (kombu/transport/redis.py priority()). */
-    if (priority < 0) priority = 0;
-    if (priority > 9) priority = 9;
-    size_t idx = 0;
-    while (idx < opts->n_priority_steps && opts->priority_steps[idx] <= priority) idx++;
-    int step = opts->priority_steps[idx ? idx - 1 : opts->n_priority_steps - 1];
-    buf b = BUF_INIT;
-    if (step)
-        buf_printf(&b, "%s%s%d", queue, opts->sep, step);
-    else
-        buf_puts(&b, queue);
-    return buf_detach(&b);
-}
-
 /* The list for one (queue, step) pair: step 0 is the bare name, others are
  * queue SEP digit (kombu _q_for_pri). */
 static char *step_key(const transport_options *opts, const char *queue, int step)
@@ -363,6 +345,18 @@ static char *step_key(const transport_options *opts, const char *queue, int step
     else
         buf_puts(&b, queue);
     return buf_detach(&b);
+}
+
+char *transport_priority_key(const transport_options *opts, const char *queue, int priority)
+{
+    /* kombu clamps to 0..9, then takes steps[bisect_right(steps, p) - 1];
+     * a priority below the first step wraps to the last step, which is
+     * Python's steps[-1] (kombu/transport/redis.py priority()). */
+    if (priority < 0) priority = 0;
+    if (priority > 9) priority = 9;
+    size_t idx = 0;
+    while (idx < opts->n_priority_steps && opts->priority_steps[idx] <= priority) idx++;
+    return step_key(opts, queue, opts->priority_steps[idx ? idx - 1 : opts->n_priority_steps - 1]);
 }
 
 /* kombu: dest.rsplit(sep, 1)[0]. */

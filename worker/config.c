@@ -81,15 +81,21 @@ static void prefix(buf *b, const load_ctx *c, const pj_value *v)
     else if (c->kind == SRC_ENV) buf_printf(b, "%s: ", c->where);
 }
 
+/* "where: " + the formatted message, into b. */
+static void vmessage(buf *b, load_ctx *c, const pj_value *v, const char *fmt, va_list ap)
+{
+    prefix(b, c, v);
+    buf_vprintf(b, fmt, ap);
+}
+
 static int fail(load_ctx *c, const pj_value *v, const char *fmt, ...)
     __attribute__((format(printf, 3, 4)));
 static int fail(load_ctx *c, const pj_value *v, const char *fmt, ...)
 {
     buf b = BUF_INIT;
     va_list ap;
-    prefix(&b, c, v);
     va_start(ap, fmt);
-    buf_vprintf(&b, fmt, ap);
+    vmessage(&b, c, v, fmt, ap);
     va_end(ap);
     snprintf(c->err, c->errlen, "%s", buf_cstr(&b));
     buf_free(&b);
@@ -102,9 +108,8 @@ static void warn(load_ctx *c, const pj_value *v, const char *fmt, ...)
 {
     buf b = BUF_INIT;
     va_list ap;
-    prefix(&b, c, v);
     va_start(ap, fmt);
-    buf_vprintf(&b, fmt, ap);
+    vmessage(&b, c, v, fmt, ap);
     va_end(ap);
     log_warning("%s", buf_cstr(&b));
     buf_free(&b);
