@@ -33,8 +33,8 @@
  * (drain_run). */
 #define DRAIN_READ_ENTRIES_MAX 256
 #define DRAIN_BLOCK_MS_DEFAULT 1000         /* BLOCK when nothing is pending or new */
-#define DRAIN_BATCH_MAX_ROWS_DEFAULT 20000  /* rows per INSERT */
-#define DRAIN_BATCH_MAX_BYTES_DEFAULT (8u * 1024 * 1024)  /* ~ encoded bytes per INSERT */
+#define DRAIN_BATCH_MAX_ROWS_DEFAULT 10000  /* rows per INSERT */
+#define DRAIN_BATCH_MAX_BYTES_DEFAULT (4u * 1024 * 1024)  /* ~ encoded bytes per INSERT */
 #define DRAIN_BATCH_MAX_MS_DEFAULT 1000     /* oldest row waits at most this long */
 #define DRAIN_RECLAIM_IDLE_MS_DEFAULT 300000 /* XAUTOCLAIM entries idle 5 min */
 #define DRAIN_MAX_DELIVERIES_DEFAULT 5

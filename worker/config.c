@@ -955,8 +955,8 @@ void config_init_defaults(ptel_config *cfg)
     cfg->telemetry_dlq_maxlen = 100000;
     cfg->telemetry_read_count = 100;   /* bounds the read reply in memory */
     cfg->telemetry_block_ms = 1000;
-    cfg->telemetry_batch_max_rows = 20000;
-    cfg->telemetry_batch_max_bytes = 8LL * 1024 * 1024;
+    cfg->telemetry_batch_max_rows = 10000;   /* two batches in memory: drain.c overlap */
+    cfg->telemetry_batch_max_bytes = 4LL * 1024 * 1024;
     cfg->telemetry_batch_max_ms = 1000;
     cfg->telemetry_reclaim_idle_ms = 60000;
     cfg->telemetry_max_deliveries = 5;

@@ -139,7 +139,7 @@ START_TEST(test_defaults_are_celerys_and_ours)
     ck_assert_int_eq(cfg.clickhouse_insert_format, CH_INSERT_AUTO);
     ck_assert_int_eq(cfg.clickhouse_gzip_min_bytes, -1);   /* None: by host */
     ck_assert_str_eq(cfg.telemetry_consumer_group, "product-telemetry-consumers");
-    ck_assert_int_eq(cfg.telemetry_batch_max_bytes, 8 * 1024 * 1024);
+    ck_assert_int_eq(cfg.telemetry_batch_max_bytes, 4 * 1024 * 1024);
     ck_assert_int_eq(cfg.telemetry_retention_days, 180);
     ck_assert_ptr_null(config_task_overrides(&cfg, "any"));
     pj_value *conf = config_render_conf(&cfg, 0, 1);
