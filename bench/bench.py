@@ -8,6 +8,7 @@ figure is a ratio measured in the same run on the same data:
              (RowBinary, JSONEachRow) vs Redis serving the entries; CPU/event
   profile    perf (or callgrind) profile of the C drain
   celery     ptel.ping throughput: Python solo, Python prefork -c 2, C -c 2;
+             Redis alone serving the C worker's command mix (capture+replay);
              enqueue -> SUCCESS latency at 50% of each one's throughput
   footprint  C worker start-up to " ready.", idle RSS; Python for reference
   scaling    drain vs batch rows, vs streams, vs slots; Celery vs concurrency
@@ -32,6 +33,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 import benchlib as B  # noqa: E402
 import celery_load as CL  # noqa: E402
+import celery_mix as MX  # noqa: E402
 import gen_events as G  # noqa: E402
 
 DRAIN_TASK = "dev_health_ops.workers.tasks.run_product_telemetry_consumer"
@@ -41,11 +43,11 @@ MODES = {
     "quick": dict(events=200000, py_events=20000, runs=3, scale_events=100000,
                   batch_list=[100, 1000, 10000, 100000], orgs_list=[1, 20, 200, 1000],
                   slots_list=[1, 2, 4], c_conc=[1, 2, 4, 8], py_conc=[], celery_tasks=10000,
-                  lat_celery_s=5, beat_s=65, cont_s=30, profile_events=100000),
+                  mix_tasks=3000, lat_celery_s=5, beat_s=65, cont_s=30, profile_events=100000),
     "full": dict(events=1000000, py_events=200000, runs=5, scale_events=300000,
                  batch_list=[100, 1000, 10000, 100000], orgs_list=[1, 10, 20, 100, 1000],
                  slots_list=[1, 2, 4], c_conc=[1, 2, 4, 8], py_conc=[1, 2, 4],
-                 celery_tasks=10000, lat_celery_s=15, beat_s=185, cont_s=90,
+                 celery_tasks=10000, mix_tasks=3000, lat_celery_s=15, beat_s=185, cont_s=90,
                  profile_events=300000),
 }
 
@@ -66,6 +68,7 @@ class Bench:
         os.makedirs(self.out, exist_ok=True)
         self.bin = a.bin
         self.redis_serve = a.redis_serve
+        self.redis_replay = a.redis_replay
         self.svc = B.Services()
         self.res = {"mode": a.mode, "params": self.m, "started": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime())}
         self.dataset = None
@@ -282,6 +285,96 @@ class Bench:
             B.log("celery %s -c %d: only %d/%d SUCCESS" % (kind, conc, ok, n))
         return rate if ok == n else None
 
+    # ---- Redis limit: the C worker's command mix, captured and replayed -----------
+
+    def mix_capture(self, n):
+        """The C worker -c 2 over n preloaded ptel.ping messages under MONITOR.
+
+        Capture ends at a marker ECHO sent once every result is SUCCESS and
+        the queue and the unacked hash are empty (the last acks are in)."""
+        import redis
+        cl = self.template()
+        self.r1.flushdb()
+        made = [cl.clone() for _ in range(n)]
+        ids, raws = [t for t, _ in made], [raw for _, raw in made]
+        MX.preload(self.r1, raws, CL.QUEUE)
+        poll = redis.Redis(port=self.svc.redis_port, db=1, single_connection_client=True)
+        mon = MX.Monitor("127.0.0.1", self.svc.redis_port)
+        mon.start()
+        foreign = {c["addr"] for c in poll.client_list()}   # ours: loader, poller, MONITOR
+        p = self.start_c_worker(2, log_name="mix-capture.log")
+        ok, _ = CL.wait_results(poll, ids, timeout=120)
+        end = time.time() + 30
+        while (poll.hlen(MX.UNACKED) or poll.llen(CL.QUEUE)) and time.time() < end:
+            time.sleep(0.01)
+        poll.echo(MX.MARKER)
+        stopped = mon.stop_at(MX.MARKER)
+        values = MX.results(poll, ids)
+        self.stop_worker(p)
+        poll.close()
+        if ok != n or not stopped:
+            B.log("mix capture: %d/%d SUCCESS, marker seen: %s" % (ok, n, stopped))
+            return None
+        cmds = MX.worker_commands(mon.captured(), foreign)
+        loads, window = MX.split_setup(cmds, MX.FETCH_KEY)
+        replay, dropped = MX.replayable(window)
+        return {"ids": ids, "raws": raws, "values": values, "loads": loads, "replay": replay,
+                "dropped": dropped, "worker_conns": len({a for _, a, _ in cmds}),
+                "monitor_lines": len(mon.lines)}
+
+    def mix_replay(self, cap, path, kinds_out=None):
+        """Fresh db 1 with the same messages in the same order, the scripts
+        loaded, then redis_replay over `path`. Returns its JSON (+ checks)."""
+        self.r1.flushdb()
+        MX.preload(self.r1, cap["raws"], CL.QUEUE)
+        for args in cap["loads"]:
+            self.r1.execute_command(*args)
+        argv = [self.redis_replay, "127.0.0.1", str(self.svc.redis_port), path, "1000"]
+        m = B.run_measured(argv + ([kinds_out] if kinds_out else []), timeout=300)
+        j = B.last_json_line(m["out"])
+        if m["rc"] != 0 or not j:
+            B.log("redis_replay failed: " + m["out"][-400:])
+            return None
+        j["same_results"] = MX.results(self.r1, cap["ids"]) == cap["values"]
+        j["left"] = {"queue": self.r1.llen(CL.QUEUE), "unacked": self.r1.hlen(MX.UNACKED)}
+        j["meta_keys"] = sum(1 for _ in self.r1.scan_iter(match="celery-task-meta-*", count=1000))
+        return j
+
+    def celery_mix_limit(self, n, repeats=5):
+        """Redis alone serving the C worker's per-task commands: tasks/s."""
+        cap = self.mix_capture(n)
+        if not cap:
+            return None
+        full = os.path.join(self.svc.tmp, "mix-full.cmds")
+        MX.write_replay(full, cap["replay"])
+        kinds_path = os.path.join(self.svc.tmp, "mix-kinds.txt")
+        probe = self.mix_replay(cap, full, kinds_path)
+        if not probe:
+            return None
+        kinds = open(kinds_path).read().split()
+        cmds, idle, fetched = MX.trim_idle_fetches(cap["replay"], kinds, MX.FETCH_KEY)
+        path = os.path.join(self.svc.tmp, "mix.cmds")
+        MX.write_replay(path, cmds)
+        reps = [self.mix_replay(cap, path) for _ in range(repeats)]
+        if not all(reps):
+            return None
+        best = sorted(reps, key=lambda j: j["seconds"])[len(reps) // 2]   # median
+        sane = fetched == n and all(j["same_results"] and j["errors"] == 0 and j["meta_keys"] == n
+                                    and not any(j["left"].values()) for j in reps + [probe])
+        if not sane:
+            B.log("mix replay differs from the real run: %s" % ([probe] + reps,))
+        values = [json.loads(v) for v in cap["values"]]
+        return {"tasks": n, "tasks_per_s": n / best["seconds"] if sane else None,
+                "seconds": best["seconds"], "commands": len(cmds),
+                "commands_per_task": len(cmds) / n,
+                "redis_cpu_us_per_task": best["redis_cpu_s"] / n * 1e6,
+                "client_cpu_share": best["client_cpu_s"] / best["seconds"],
+                "idle_fetches_dropped": idle, "fetched": fetched, "dropped": cap["dropped"],
+                "setup_script_loads": len(cap["loads"]), "worker_conns": cap["worker_conns"],
+                "all_success": all(v["status"] == "SUCCESS" for v in values),
+                "faithful": sane, "replays": reps, "probe": probe,
+                "mix": MX.command_mix(cmds, n)}
+
     def celery_latency(self, kind, conc, rate):
         cl = self.template()
         self.r1.flushdb()
@@ -420,12 +513,16 @@ class Bench:
 
     def sec_celery(self):
         runs = {"py_solo": [], "py_prefork2": [], "c2": []}
+        mix = []
         for i in range(self.m["runs"]):
             B.log("celery run %d/%d" % (i + 1, self.m["runs"]))
             runs["py_solo"].append(self.celery_throughput("solo", 1))
             runs["py_prefork2"].append(self.celery_throughput("prefork", 2))
             runs["c2"].append(self.celery_throughput("c", 2))
-            B.log("  solo=%s prefork2=%s c2=%s" % tuple(B.fmt_num(v[-1]) for v in runs.values()))
+            mix.append(self.celery_mix_limit(self.m["mix_tasks"]))
+            B.log("  solo=%s prefork2=%s c2=%s redis-mix=%s"
+                  % (tuple(B.fmt_num(v[-1]) for v in runs.values())
+                     + (B.fmt_num((mix[-1] or {}).get("tasks_per_s")),)))
         lat = {}
         c = B.summary(runs["c2"])
         s = B.summary(runs["py_solo"])
@@ -433,7 +530,7 @@ class Bench:
             lat["c2"] = self.celery_latency("c", 2, c["median"] * 0.5)
         if s:
             lat["py_solo"] = self.celery_latency("solo", 1, s["median"] * 0.5)
-        self.res["celery"] = {"runs": runs, "latency": lat}
+        self.res["celery"] = {"runs": runs, "latency": lat, "redis_mix": mix}
 
     def sec_footprint(self):
         self.r1.flushdb()
@@ -783,6 +880,7 @@ def render(res, a):
                 L.append("| %s cost per task: Redis commands / Redis CPU / worker CPU | %.1f / %.0f µs / %s | | |"
                          % (label, cc["redis_cmds_per_task"], cc["redis_cpu_us_per_task"],
                             "%.0f µs" % cc["worker_cpu_us_per_task"] if cc["worker_cpu_us_per_task"] else "n/a"))
+        render_mix(L, c.get("redis_mix"), runs["c2"])
         for k, label in (("c2", "C worker -c 2"), ("py_solo", "Python solo")):
             l = c["latency"].get(k)
             if l:
@@ -822,6 +920,24 @@ def render(res, a):
     return "\n".join(L) + "\n"
 
 
+def render_mix(L, mix, c2):
+    """Rows for the Redis command-mix limit and the C worker's share of it."""
+    if mix is None:
+        return
+    lim = B.summary([r and r["tasks_per_s"] for r in mix])
+    L.append("| Redis serving the C worker's command mix per ptel.ping task, pipelined "
+             "(capture+replay), tasks/s | %s | limit | |" % B.fmt_summary(lim))
+    share = B.summary([ratio(x, r and r["tasks_per_s"]) for x, r in zip(c2, mix)])
+    L.append("| C worker -c 2 vs that limit | %s | | |" % B.fmt_summary(share, "%", 100))
+    ok = [r for r in mix if r]
+    if ok:
+        L.append("| that replay per task: Redis commands / Redis CPU (replay all SUCCESS, same results: %s) "
+                 "| %.2f / %.1f µs | | |"
+                 % ("yes" if all(r["faithful"] for r in ok) else "no",
+                    B.summary([r["commands_per_task"] for r in ok])["median"],
+                    B.summary([r["redis_cpu_us_per_task"] for r in ok])["median"]))
+
+
 def fmt_ratio(s, target):
     if not s:
         return "pending"
@@ -850,6 +966,7 @@ def main():
     ap.add_argument("--out", default=os.path.join(HERE, "results"))
     ap.add_argument("--bin", required=True)
     ap.add_argument("--redis-serve", required=True)
+    ap.add_argument("--redis-replay", required=True)
     ap.add_argument("--update-md", default=None)
     a = ap.parse_args()
     b = Bench(a)
