@@ -315,12 +315,14 @@ class Bench:
         if ok != n or not stopped:
             B.log("mix capture: %d/%d SUCCESS, marker seen: %s" % (ok, n, stopped))
             return None
-        cmds = MX.worker_commands(mon.captured(), foreign)
+        lines = mon.captured()
+        cmds = MX.worker_commands(lines, foreign)
         loads, window = MX.split_setup(cmds, MX.FETCH_KEY)
         replay, dropped = MX.replayable(window)
         return {"ids": ids, "raws": raws, "values": values, "loads": loads, "replay": replay,
                 "dropped": dropped, "worker_conns": len({a for _, a, _ in cmds}),
-                "monitor_lines": len(mon.lines)}
+                "monitor_lines": len(lines),
+                "lua_cmds": sum(1 for l in lines if b" lua] " in l[:40])}
 
     def mix_replay(self, cap, path, kinds_out=None):
         """Fresh db 1 with the same messages in the same order, the scripts
@@ -371,6 +373,8 @@ class Bench:
                 "client_cpu_share": best["client_cpu_s"] / best["seconds"],
                 "idle_fetches_dropped": idle, "fetched": fetched, "dropped": cap["dropped"],
                 "setup_script_loads": len(cap["loads"]), "worker_conns": cap["worker_conns"],
+                # cross-check with the throughput run's commandstats (which count Lua's calls)
+                "captured_cmds_per_task": (len(cap["replay"]) + cap["lua_cmds"]) / n,
                 "all_success": all(v["status"] == "SUCCESS" for v in values),
                 "faithful": sane, "replays": reps, "probe": probe,
                 "mix": MX.command_mix(cmds, n)}
