@@ -355,13 +355,14 @@ class Bench:
             return None
         kinds = open(kinds_path).read().split()
         cmds, idle, fetched = MX.trim_idle_fetches(cap["replay"], kinds, MX.FETCH_KEY)
+        execs, hit = MX.acks_hit(cap["replay"], kinds)
         path = os.path.join(self.svc.tmp, "mix.cmds")
         MX.write_replay(path, cmds)
         reps = [self.mix_replay(cap, path) for _ in range(repeats)]
         if not all(reps):
             return None
         best = sorted(reps, key=lambda j: j["seconds"])[len(reps) // 2]   # median
-        sane = fetched == n and all(j["same_results"] and j["errors"] == 0 and j["meta_keys"] == n
+        sane = fetched == n and 0 < hit == execs and all(j["same_results"] and j["errors"] == 0 and j["meta_keys"] == n
                                     and not any(j["left"].values()) for j in reps + [probe])
         if not sane:
             B.log("mix replay differs from the real run: %s" % ([probe] + reps,))
@@ -371,7 +372,8 @@ class Bench:
                 "commands_per_task": len(cmds) / n,
                 "redis_cpu_us_per_task": best["redis_cpu_s"] / n * 1e6,
                 "client_cpu_share": best["client_cpu_s"] / best["seconds"],
-                "idle_fetches_dropped": idle, "fetched": fetched, "dropped": cap["dropped"],
+                "idle_fetches_dropped": idle, "fetched": fetched, "acks": execs, "acks_hit": hit,
+                "dropped": cap["dropped"],
                 "setup_script_loads": len(cap["loads"]), "worker_conns": cap["worker_conns"],
                 # cross-check with the throughput run's commandstats (which count Lua's calls)
                 "captured_cmds_per_task": (len(cap["replay"]) + cap["lua_cmds"]) / n,

@@ -221,7 +221,7 @@ def trim_idle_fetches(cmds, kinds, fetch_key):
     kinds: one reply summary per command from a probe replay ("a<n>": array
     of n, three elements per message popped: key index, payload, tag). Returns (trimmed, n dropped,
     messages popped by the kept fetches)."""
-    popped = [int(kinds[i][1:]) // 3 if is_fetch(a, fetch_key) and kinds[i].startswith("a") else 0
+    popped = [int(kinds[i][1:].split(":")[0]) // 3 if is_fetch(a, fetch_key) and kinds[i].startswith("a") else 0
               for i, a in enumerate(cmds)]
     last = max((i for i, k in enumerate(popped) if k), default=-1)
     out, dropped = [], 0
@@ -231,6 +231,17 @@ def trim_idle_fetches(cmds, kinds, fetch_key):
             continue
         out.append(a)
     return out, dropped, sum(popped)
+
+
+def acks_hit(cmds, kinds):
+    """(EXECs, EXECs where every queued command removed one item).
+
+    The worker acks with MULTI ZREM unacked_index T, HDEL unacked T, EXEC:
+    both hit only if the fetch of the message tagged T ran before, so all
+    EXECs hitting means the replay fetched the same messages in order."""
+    execs = [kinds[i] for i, a in enumerate(cmds) if a[0].upper() == b"EXEC"]
+    full = sum(1 for k in execs if ":" in k and k[1:].split(":")[0] == k.split(":")[1])
+    return len(execs), full
 
 
 def command_mix(cmds, n):

@@ -11,8 +11,9 @@
  *
  *   redis_replay HOST PORT FILE [PIPELINE=1000] [KINDS_OUT]
  *
- * KINDS_OUT, if given, gets one line per command: "a<n>" (array of n),
- * "n" (nil), "i", "s", "t" (status), "e" (error). Prints one JSON line:
+ * KINDS_OUT, if given, gets one line per command: "a<n>" (array of n;
+ * "a<n>:<sum>" if all n are integers, e.g. an EXEC of ZREM+HDEL), "n" (nil),
+ * "i", "s", "t" (status), "e" (error). Prints one JSON line:
  * {"commands", "seconds", "errors", "first_error", "redis_cpu_s",
  * "client_cpu_s", "commands_per_s"}.
  * Built by bench/run with: cc -O2 redis_replay.c -lhiredis. */
@@ -113,6 +114,18 @@ static char kind_of(const redisReply *r)
     }
 }
 
+/* Sum of an array reply's elements if they are all integers, else -1. */
+static long long int_sum(const redisReply *r)
+{
+    if (r->type != REDIS_REPLY_ARRAY) return -1;
+    long long sum = 0;
+    for (size_t i = 0; i < r->elements; i++) {
+        if (r->element[i]->type != REDIS_REPLY_INTEGER) return -1;
+        sum += r->element[i]->integer;
+    }
+    return sum;
+}
+
 int main(int argc, char **argv)
 {
     if (argc < 4) {
@@ -125,6 +138,7 @@ int main(int argc, char **argv)
     if (pipeline < 1) pipeline = 1;
     char *kinds = calloc(n ? n : 1, 1);
     size_t *sizes = calloc(n ? n : 1, sizeof *sizes);
+    long long *sums = calloc(n ? n : 1, sizeof *sums);   /* -1: not all integers */
     redisContext *c = redisConnect(argv[1], atoi(argv[2]));
     if (!c || c->err) die("connect", c ? c->errstr : "");
 
@@ -143,6 +157,7 @@ int main(int argc, char **argv)
             if (redisGetReply(c, (void **)&r) != REDIS_OK || !r) die("reply", c->errstr);
             kinds[at + i] = kind_of(r);
             sizes[at + i] = r->type == REDIS_REPLY_ARRAY ? r->elements : 0;
+            sums[at + i] = int_sum(r);
             if (r->type == REDIS_REPLY_ERROR && errors++ == 0)
                 snprintf(first_error, sizeof first_error, "#%zu: %.120s", at + i, r->str);
             freeReplyObject(r);
@@ -155,7 +170,9 @@ int main(int argc, char **argv)
         FILE *f = fopen(argv[5], "w");
         if (!f) die("open", argv[5]);
         for (size_t i = 0; i < n; i++) {
-            if (kinds[i] == 'a') fprintf(f, "a%zu\n", sizes[i]);
+            if (kinds[i] == 'a' && sizes[i] && sums[i] >= 0)
+                fprintf(f, "a%zu:%lld\n", sizes[i], sums[i]);
+            else if (kinds[i] == 'a') fprintf(f, "a%zu\n", sizes[i]);
             else fprintf(f, "%c\n", kinds[i]);
         }
         fclose(f);
