@@ -77,3 +77,19 @@ def python_worker_env(base_env, redis_url, acks_late, vt):
     env["PTEL_CHAOS_ACKS_LATE"] = "1" if acks_late else "0"
     env["PTEL_CHAOS_VT"] = str(vt)
     return env
+
+
+def ping(r, app, timeout=30):
+    """Send ptel.ping and return its stored result, read from Redis.
+
+    Not AsyncResult.get(): after a Redis restart or a CLIENT KILL of pub/sub
+    connections, Celery 5.2's client can block forever in its result-backend
+    pub/sub reconnect (a futex wait that ignores the timeout), though the
+    worker stored the result. The chaos tests check the worker."""
+    from helpers import wait_for
+    tid = app.send_task("ptel.ping").id
+    meta = wait_for(lambda: (metas(r, [tid])[tid] or {}).get("status") == "SUCCESS"
+                    and metas(r, [tid])[tid], timeout, interval=0.05,
+                    desc=f"ptel.ping {tid} stored")
+    return meta["result"]
+

@@ -25,7 +25,7 @@ import random
 import signal
 import time
 
-from chaoslib import (FINAL, held_ids, ids_in_log, metas, parse_date_done, percentile,
+from chaoslib import (FINAL, held_ids, ids_in_log, metas, parse_date_done, percentile, ping,
                       python_worker_argv, python_worker_env)
 from conftest import ROUNDS, ManagedProcess, report
 from helpers import wait_for
@@ -92,16 +92,8 @@ def test_kill9_during_task_traffic(clean_redis, private_redis, worker, celery_ap
             outage_lines.append((seg.count("Fetching from the broker failed")
                                  + seg.count("unreachable; retrying"),
                                  seg.count("Broker connection restored")))
-            ping = celery_app.send_task("ptel.ping")
-            kinds[ping.id] = "echo"
-            # Read the stored result from Redis, not with ping.get(): after a
-            # Redis restart Celery 5.2's client can block forever inside its
-            # result-backend pub/sub reconnect (seen once in 23 restarts: a
-            # futex wait with no timeout, though the worker had stored 'pong').
-            done = wait_for(lambda: (metas(r, [ping.id])[ping.id] or {}).get("status") == "SUCCESS"
-                            and metas(r, [ping.id])[ping.id], 30, interval=0.1,
-                            desc="the ping after a Redis restart")
-            assert done["result"] == "pong"
+            pong = ping(r, celery_app)   # read from Redis: see chaoslib.ping
+            assert pong == "pong"
         time.sleep(rng.uniform(0.2, 3.0))
         w.proc.kill()
         w.wait()

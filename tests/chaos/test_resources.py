@@ -19,6 +19,7 @@ import os
 import time
 
 import telemetry_gen as tg
+from chaoslib import ping
 from conftest import BURST, RECONNECTS, report
 from helpers import wait_for
 from telemetry_gen import EventSpec, Gen, org_hash, stream_for
@@ -100,7 +101,7 @@ def test_drain_batch_bytes_cap(clean_redis, ch_db, worker, celery_app):
 def test_no_fd_leak_after_reconnects(clean_redis, worker, celery_app):
     r = clean_redis
     w = worker("-c", "2")
-    assert celery_app.send_task("ptel.ping").get(timeout=20) == "pong"
+    assert ping(r, celery_app) == "pong"
     time.sleep(0.5)
     before = fd_count(w.pid)
     t0 = time.monotonic()
@@ -119,10 +120,10 @@ def test_no_fd_leak_after_reconnects(clean_redis, worker, celery_app):
             return w.log().count("Broker connection restored") > n
         wait_for(reconnected, 20, interval=0.01, desc=f"reconnect #{i + 1}")
         if i % 50 == 0:   # let the slots notice their lost connections too
-            assert celery_app.send_task("ptel.ping").get(timeout=20) == "pong"
+            assert ping(r, celery_app) == "pong"
     # Every slot and the main thread use their connection once more.
     for _ in range(5):
-        assert celery_app.send_task("ptel.ping").get(timeout=20) == "pong"
+        assert ping(r, celery_app) == "pong"
     time.sleep(1.5)
     after = fd_count(w.pid)
     report("fd_leak", reconnects=RECONNECTS, fds_before=before, fds_after=after,
