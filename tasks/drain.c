@@ -1375,6 +1375,25 @@ int drain_run(drain_session *s, const drain_request *req, drain_result *out, cha
 
 static const char *dflt(const char *v, const char *d) { return v && v[0] ? v : d; }
 
+/* A ClickHouse client with the drain's timeouts and gzip setting; NULL
+ * (err filled) for a bad URL. */
+static ch_client *drain_ch_client(const drain_options *o, char *err, size_t errlen)
+{
+    ch_error e;
+    ch_client *c = ch_client_new(o->clickhouse_url, &e);
+    if (!c) {
+        snprintf(err, errlen, "drain: ClickHouse URL: %s", e.msg);
+        return NULL;
+    }
+    /* clickhouse_timeout bounds how long a frozen server (SIGSTOP, a hung
+     * merge) can hold a batch before it counts as an outage. */
+    ch_client_set_timeouts(c, o->clickhouse_connect_ms, o->clickhouse_timeout_ms);
+    if (o->clickhouse_gzip_min_bytes != 0)
+        ch_client_set_gzip_threshold(c, o->clickhouse_gzip_min_bytes < 0
+                                     ? 0 : (size_t)o->clickhouse_gzip_min_bytes);
+    return c;
+}
+
 drain_session *drain_session_new(const drain_options *o, char *err, size_t errlen)
 {
     if (!o->redis_url || !o->clickhouse_url || !o->consumer || !o->consumer[0]) {
@@ -1440,30 +1459,13 @@ drain_session *drain_session_new(const drain_options *o, char *err, size_t errle
         goto fail;
     }
     s->redis_redacted = redis_url_redacted(&s->rurl);
-    ch_error e;
-    s->ch = ch_client_new(o->clickhouse_url, &e);
-    if (!s->ch) {
-        snprintf(err, errlen, "drain: ClickHouse URL: %s", e.msg);
-        goto fail;
-    }
-    /* clickhouse_timeout bounds how long a frozen server (SIGSTOP, a hung
-     * merge) can hold a batch before it counts as an outage. */
-    ch_client_set_timeouts(s->ch, o->clickhouse_connect_ms, o->clickhouse_timeout_ms);
-    if (o->clickhouse_gzip_min_bytes != 0)
-        ch_client_set_gzip_threshold(s->ch, o->clickhouse_gzip_min_bytes < 0
-                                     ? 0 : (size_t)o->clickhouse_gzip_min_bytes);
+    s->ch = drain_ch_client(o, err, errlen);
+    if (!s->ch) goto fail;
     /* The overlapped insert's own connection (an embedded chdb:// server is
      * one in-process session: no overlap there). */
     if (strncasecmp(o->clickhouse_url, "chdb://", 7) != 0) {
-        s->ch_async = ch_client_new(o->clickhouse_url, &e);
-        if (!s->ch_async) {
-            snprintf(err, errlen, "drain: ClickHouse URL: %s", e.msg);
-            goto fail;
-        }
-        ch_client_set_timeouts(s->ch_async, o->clickhouse_connect_ms, o->clickhouse_timeout_ms);
-        if (o->clickhouse_gzip_min_bytes != 0)
-            ch_client_set_gzip_threshold(s->ch_async, o->clickhouse_gzip_min_bytes < 0
-                                         ? 0 : (size_t)o->clickhouse_gzip_min_bytes);
+        s->ch_async = drain_ch_client(o, err, errlen);
+        if (!s->ch_async) goto fail;
     }
     return s;
 fail:

@@ -186,6 +186,13 @@ static drain_options options(const char *consumer)
     return o;
 }
 
+/* drain_run that must succeed. */
+static void run_ok(drain_session *s, const drain_request *q, drain_result *r)
+{
+    char err[512];
+    ck_assert_msg(drain_run(s, q, r, err, sizeof err) == 0, "%s", err);
+}
+
 static int run(const drain_options *o, drain_result *res, int max_attempts, char *err, size_t n)
 {
     drain_session *s = drain_session_new(o, err, n);
@@ -381,7 +388,7 @@ START_TEST(test_drain_read_count_shrinks_for_big_entries)
     q.until_empty = 1;
     drain_result r;
     long long reads = xreadgroup_calls();
-    ck_assert_msg(drain_run(s, &q, &r, err, sizeof err) == 0, "%s", err);
+    run_ok(s, &q, &r);
     reads = xreadgroup_calls() - reads;
     ck_assert_int_eq(r.entries, 10);
     ck_assert_int_eq(r.processed, 3000);
@@ -414,14 +421,14 @@ START_TEST(test_drain_capped_reads_keep_max_iterations_capacity)
     drain_request q = {0};
     q.max_iterations = 1;
     drain_result r;
-    ck_assert_msg(drain_run(s, &q, &r, err, sizeof err) == 0, "%s", err);
+    run_ok(s, &q, &r);
     ck_assert_int_eq(r.iterations, 1);
     long long big = r.entries - (STREAMS - 1);
     ck_assert_int_eq(big, 1 + (99 + count - 1) / count * count);   /* 1, then 13 reads of 8 */
     ck_assert_int_eq(pending("orgbig"), 0);
     q.max_iterations = 0;
     q.until_empty = 1;
-    ck_assert_msg(drain_run(s, &q, &r, err, sizeof err) == 0, "%s", err);
+    run_ok(s, &q, &r);
     ck_assert_int_eq(r.entries, BIG - big);
     ck_assert_int_eq(ch_count(NULL), BIG + STREAMS - 1);
     drain_session_free(s);
@@ -441,21 +448,21 @@ START_TEST(test_drain_max_iterations_limits_reads)
     /* A new session does not know the entries' size yet: its first read
      * takes one entry per stream (a read is held whole in memory); the
      * next one, read_count (2), completes the iteration. */
-    ck_assert_msg(drain_run(s, &q, &r, err, sizeof err) == 0, "%s", err);
+    run_ok(s, &q, &r);
     ck_assert_int_eq(r.iterations, 1);
     ck_assert_int_eq(r.entries, 3);
     ck_assert_int_eq(ch_count(NULL), 3);
     /* the same session (connections reused) continues: read_count per read */
     q.max_iterations = 0;
     q.until_empty = 1;
-    ck_assert_msg(drain_run(s, &q, &r, err, sizeof err) == 0, "%s", err);
+    run_ok(s, &q, &r);
     ck_assert_int_eq(r.entries, 2);
     ck_assert_int_eq(ch_count(NULL), 5);
     /* now that sizes are known, one iteration is one read of read_count */
     xadd_entries("orga", "m", 4, 1);
     q.until_empty = 0;
     q.max_iterations = 1;
-    ck_assert_msg(drain_run(s, &q, &r, err, sizeof err) == 0, "%s", err);
+    run_ok(s, &q, &r);
     ck_assert_int_eq(r.iterations, 1);
     ck_assert_int_eq(r.entries, 2);
     ck_assert_int_eq(ch_count(NULL), 7);
@@ -911,13 +918,13 @@ START_TEST(test_drain_recreates_deleted_group_without_duplicates)
     drain_request q = {0};
     q.until_empty = 1;
     drain_result r;
-    ck_assert_msg(drain_run(s, &q, &r, err, sizeof err) == 0, "%s", err);
+    run_ok(s, &q, &r);
     ck_assert_int_eq(ch_count(NULL), 3);
     char key[160];
     stream_of(key, sizeof key, "orga");
     freeReplyObject(cmd("XGROUP DESTROY %s product-telemetry-consumers", key));
     xadd_valid("orga", "g2", 2);
-    ck_assert_msg(drain_run(s, &q, &r, err, sizeof err) == 0, "%s", err);
+    run_ok(s, &q, &r);
     ck_assert_int_eq(r.entries, 2);     /* old entry delivered again, and the new one */
     ck_assert_int_eq(ch_count(NULL), 5);
     ck_assert_int_eq(ch_distinct_events(), 5);
@@ -970,7 +977,7 @@ START_TEST(test_drain_reports_progress_per_batch)
     q.progress = count_progress;
     progress_calls = 0;
     drain_result r;
-    ck_assert_msg(drain_run(s, &q, &r, err, sizeof err) == 0, "%s", err);
+    run_ok(s, &q, &r);
     ck_assert_int_eq(r.processed, 12);
     ck_assert_int_ge(progress_calls, 3);
     drain_session_free(s);
