@@ -339,6 +339,11 @@ def test_kill_under_load_acks_late_loses_nothing(clean_redis, worker):
         values = clean_redis.mget([f"celery-task-meta-{t}" for t in ids])
         return sum(1 for v in values if v is not None and json.loads(v)["status"] == "SUCCESS")
     wait_for(lambda: n_success() >= 300, 30, interval=0.005, desc="300 tasks done")
+    # Kill while messages are in flight: between a result+ack round trip and
+    # the next fetch both slots can be idle with nothing in unacked for a
+    # moment (seen once under ASan), and a kill there tests nothing.
+    wait_for(lambda: clean_redis.hlen("unacked") > 0, 10, interval=0.001,
+             desc="a message in flight")
     w.proc.kill()
     assert w.wait() == -signal.SIGKILL
     queued = {json.loads(m)["headers"]["id"] for m in clean_redis.lrange("ingest", 0, -1)}
